@@ -20,6 +20,9 @@ from pathlib import Path
 
 from experiments.grids import BASE_CONFIGS, BUDGETS, PAPER_GPU_HOURS, Run, grid_runs
 from experiments.summarize import read_run_metrics, summarize_task
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from lit_hc.callbacks import stop_message
 from lit_hc.cli import BAD_INPUT, describe
 from lit_hc.io import write_atomic
 
@@ -121,6 +124,11 @@ def main(argv: list[str] | None = None) -> None:
             run_one(run, args, results / run.task / run.name, in_process=a.scale == "cpu")
         except BAD_INPUT as e:  # the same one line `lit-hc` prints; finished runs stay as they are
             sys.exit(f"reproduce: {run.task} {run.name}: error: {describe(e)}")
+        except SIGTERMException as e:  # SIGTERM or Ctrl-C inside a run: it saved last.ckpt and resumes from it
+            message, code = stop_message(e)
+            print(f"reproduce: {run.task} {run.name} {message.replace('same command and --ckpt_path last', 'same command')}",
+                  file=sys.stderr)
+            sys.exit(code)
         except subprocess.CalledProcessError as e:  # lit-hc has printed its own message above
             sys.exit(f"reproduce: {run.task} {run.name} failed (exit {e.returncode}); finished runs are kept, "
                      "run the same command again to continue")
@@ -131,4 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C between runs or while summarizing: every file is written whole or not at all
+        sys.exit("reproduce: interrupted; finished runs are kept, run the same command again to continue")

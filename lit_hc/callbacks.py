@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
 from typing import Literal
 
 import torch
@@ -24,18 +27,55 @@ class NonFiniteError(ValueError):
 class CheckpointOnException(Callback):
     """Save a checkpoint into <run>/checkpoints/ when training stops on an exception after it started.
 
-    SIGTERM (pre-emption, `kill`, SLURM): Lightning finishes the current step and raises SIGTERMException at the
-    batch boundary, so the state is consistent; it is saved as last.ckpt and `--ckpt_path last` continues the
-    run exactly. Any other exception may strike in the middle of a step: that state goes to on_exception.ckpt,
-    for inspection or a deliberate resume, never picked up implicitly.
+    SIGTERM (pre-emption, `kill`, SLURM) and the first SIGINT (Ctrl-C): the current step finishes, Lightning raises
+    SIGTERMException at the batch boundary, and that consistent state is saved as last.ckpt, so `--ckpt_path last`
+    continues the run exactly. The exception's exit code is set to 128 + the signal number (143, 130). A second
+    Ctrl-C stops at once (Lightning's KeyboardInterrupt path). Any other exception may strike in the middle of a
+    step: that state goes to on_exception.ckpt, for inspection or a deliberate resume, never picked up implicitly.
     Not Lightning's OnExceptionCheckpoint: that one is resumed from *implicitly* by the next fit that finds
     its file (even with another architecture), and writes to a fixed folder before the run folder is known.
     """
 
-    def __init__(self, filename: str = "on_exception.ckpt"):
-        self.filename = filename
+    def __init__(self, filename: str = "on_exception.ckpt", graceful_sigint: bool = True):
+        """
+        Args:
+            filename: name of the checkpoint written when a run fails mid-step.
+            graceful_sigint: treat the first Ctrl-C like SIGTERM (finish the step, save last.ckpt, exit 130).
+        """
+        self.filename, self.graceful_sigint = filename, graceful_sigint
+        self.received: int | None = None  # the signal that asked the run to stop
+        self._previous_sigint = None
+        self._saving_on_signal = self._resync_log_step = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.received = None
+        if self.graceful_sigint and threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.received == signal.SIGINT:  # the second Ctrl-C: stop now
+            self._restore_sigint()
+            raise KeyboardInterrupt
+        self.received = signal.SIGINT
+        print("lit-hc: Ctrl-C: finishing this step and saving last.ckpt (press Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+        # Lightning's SIGTERM handler sets trainer.received_sigterm and forwards the signal to DDP workers.
+        handler = signal.getsignal(signal.SIGTERM)
+        if callable(handler):
+            handler(signal.SIGTERM, frame)
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_sigint()
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_sigint()
+        if isinstance(exception, SIGTERMException):
+            exception.code = 128 + (self.received or signal.SIGTERM)
         if trainer.global_step == 0 or trainer.log_dir is None:
             return
         folder = os.path.join(trainer.log_dir, "checkpoints")
@@ -48,7 +88,32 @@ class CheckpointOnException(Callback):
             # Recorded before saving, so the saved ModelCheckpoint state owns last.ckpt and the resumed run keeps
             # updating it (otherwise it would write last-v1.ckpt beside it).
             checkpoint.last_model_path = path
-        trainer.save_checkpoint(path)
+        self._saving_on_signal = True
+        try:
+            trainer.save_checkpoint(path)
+        finally:
+            self._saving_on_signal = False
+
+    # Lightning restores its logging step counter assuming the checkpoint was written inside the batch-end hooks;
+    # this one is written later in the step (after validation), so the counter is re-synchronised with the
+    # optimizer step at the first batch of the resumed run (else its curves can be logged one step off).
+    def state_dict(self) -> dict:
+        return {"saved_on_signal": self._saving_on_signal}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resync_log_step = state_dict.get("saved_on_signal", False)
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if self._resync_log_step:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            self._resync_log_step = False
+
+
+def stop_message(exception: SIGTERMException) -> tuple[str, int]:
+    """The one line and exit code for a run stopped by a signal after a finished step."""
+    code = exception.code if isinstance(exception.code, int) and exception.code > 128 else 128 + signal.SIGTERM
+    return (f"stopped by {signal.Signals(code - 128).name} after a finished step; its state is in "
+            "checkpoints/last.ckpt: continue with the same command and --ckpt_path last", code)
 
 
 class NonFiniteGuard(Callback):

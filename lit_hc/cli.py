@@ -16,7 +16,7 @@ from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_hc.callbacks import CheckpointOnException  # noqa: F401  (run configs saved before it moved name lit_hc.cli)
+from lit_hc.callbacks import CheckpointOnException, stop_message  # noqa: F401  (CheckpointOnException: old configs)
 from lit_hc.hyper_connections import HCConfig
 
 TASK_NAMES = {"LanguageModel": "lm", "ImageClassifier": "vit"}
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> None:
             prepare_main(args[1:])
         else:
             cli_main(argv)
-    except SIGTERMException:  # pre-empted: the state of the last finished step is in checkpoints/last.ckpt
-        print("lit-hc: stopped by SIGTERM after a finished step; continue with the same command and --ckpt_path last",
-              file=sys.stderr)
-        sys.exit(143)
+    except SIGTERMException as e:  # pre-empted or Ctrl-C: the state of the last finished step is in last.ckpt
+        message, code = stop_message(e)
+        print(f"lit-hc: {message}", file=sys.stderr)
+        sys.exit(code)
     except BAD_INPUT as e:  # bad input: one line that says what to fix, no traceback
         print(f"lit-hc: error: {describe(e)}", file=sys.stderr)
         sys.exit(2)

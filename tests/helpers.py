@@ -120,15 +120,15 @@ class PoisonOutputAtStep(Callback):
         pl_module.net.register_forward_hook(poison)
 
 
-class SigtermAtStep(Callback):
-    """Sends SIGTERM to this process after `step` optimizer steps: a real signal at a known point (tests only)."""
+class SignalAtStep(Callback):
+    """Sends a real signal (SIGTERM, SIGINT) to this process after `step` optimizer steps (tests only)."""
 
-    def __init__(self, step: int):
-        self.step = step
+    def __init__(self, step: int, signal: str = "SIGTERM"):
+        self.step, self.signal = step, signal
 
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
             import os
             import signal
 
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, self.signal))

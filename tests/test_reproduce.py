@@ -86,3 +86,41 @@ def test_bad_input_stops_the_runner_with_one_line(tmp_path, capsys):
     message = str(exit_info.value.code)
     assert message.startswith("reproduce: lm residual-s0: error: text source") and str(tmp_path / "nope") in message
     assert "\n" not in message and "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_runner_interrupted_inside_a_run_resumes_it_exactly(tmp_path, monkeypatch, capsys):
+    """A real Ctrl-C in the middle of the second run: the runner stops with one line (exit 130); started again it
+    keeps the finished run, resumes the interrupted one from its step-2 last.ckpt, and ends where an
+    uninterrupted runner ends."""
+    import torch
+
+    import experiments.reproduce as runner
+
+    original = runner.cli_args
+
+    def ctrl_c_in_dhc1(run, *args):
+        extra = ["--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step", "2",
+                 "--trainer.callbacks.signal", "SIGINT"] if run.name == "dhc1-s0" else []
+        return original(run, *args) + extra
+
+    common = ["--quick", "--task", "lm", "--max-runs", "2"]
+    monkeypatch.setattr(runner, "cli_args", ctrl_c_in_dhc1)
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main([*common, "--results", str(tmp_path / "a")])
+    assert exit_info.value.code == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("reproduce: lm dhc1-s0 stopped by SIGINT after a finished step")
+    run_dir = tmp_path / "a" / "lm" / "dhc1-s0"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert not (run_dir / "done.json").exists()
+    residual = tmp_path / "a" / "lm" / "residual-s0" / "done.json"
+    before = residual.stat().st_mtime_ns
+
+    monkeypatch.setattr(runner, "cli_args", original)
+    runner.main([*common, "--results", str(tmp_path / "a")])
+    runner.main([*common, "--results", str(tmp_path / "b")])  # the same two runs, never interrupted
+    assert residual.stat().st_mtime_ns == before
+    resumed, straight = (json.loads((tmp_path / r / "lm" / "dhc1-s0" / "done.json").read_text()) for r in "ab")
+    assert resumed["resumed"] and not straight["resumed"] and resumed["steps"] == straight["steps"] == 4
+    assert resumed["final"]["val_loss"] == pytest.approx(straight["final"]["val_loss"], rel=1e-6)

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from helpers import CONFIGS, ROOT, lm_args, write_toy_corpus
+from helpers import CONFIGS, ROOT, lm_args, scalars, write_toy_corpus
 from lit_hc.cli import cli_main
 
 
@@ -67,19 +67,22 @@ def test_a_failing_run_leaves_a_checkpoint_in_its_own_folder(tmp_path):
     assert not (ROOT / "on_exception.ckpt").exists()  # nothing written outside the run folder
 
 
-def test_sigterm_saves_and_last_continues_exactly(tmp_path):
-    """A real SIGTERM to a `lit-hc fit` process at step 4: clean exit (143, one line, no traceback), last.ckpt at
-    step 4; then --ckpt_path last reaches the weights of an uninterrupted run."""
+@pytest.mark.parametrize("signal_name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_saves_and_last_continues_exactly(tmp_path, signal_name, code):
+    """A real SIGTERM or Ctrl-C to a `lit-hc fit` process at step 4: the step finishes, clean exit (128 + signal,
+    one line, no traceback), last.ckpt at step 4; then --ckpt_path last reaches the weights of an uninterrupted
+    run."""
     corpus = write_toy_corpus(tmp_path / "corpus")
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT / "tests")}
-    common = ("--config", str(CONFIGS / "hc/dhc2.yaml"), "--trainer.val_check_interval", "3")
-    args = lm_args(tmp_path, corpus, 8, *common, "--trainer.callbacks+=helpers.SigtermAtStep",
-                   "--trainer.callbacks.step", "4")
+    common = ("--config", str(CONFIGS / "hc/dhc2.yaml"), "--trainer.val_check_interval", "3",
+              "--trainer.log_every_n_steps", "1")
+    args = lm_args(tmp_path, corpus, 8, *common, "--trainer.callbacks+=helpers.SignalAtStep",
+                   "--trainer.callbacks.step", "4", "--trainer.callbacks.signal", signal_name)
     interrupted = subprocess.run([sys.executable, "-m", "lit_hc", *args], cwd=ROOT, env=env, capture_output=True,
                                  text=True, timeout=600)
-    assert interrupted.returncode == 143, interrupted.stderr[-2000:]
+    assert interrupted.returncode == code, interrupted.stderr[-2000:]
     assert "Traceback" not in interrupted.stderr
-    assert interrupted.stderr.strip().splitlines()[-1].startswith("lit-hc: stopped by SIGTERM")
+    assert interrupted.stderr.strip().splitlines()[-1].startswith(f"lit-hc: stopped by {signal_name} after a finished")
     last = tmp_path / "lm" / "dhc2-s0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 4
     resumed = cli_main(lm_args(tmp_path, corpus, 8, *common, "--ckpt_path", "last"))
@@ -88,6 +91,9 @@ def test_sigterm_saves_and_last_continues_exactly(tmp_path):
     a, b = _weights(straight), _weights(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
+    logged = [sorted(step for step, _ in scalars(tmp_path / r / "lm" / "dhc2-s0")[tag])
+              for r in (".", "straight") for tag in ("val/loss", "train/grad_norm")]
+    assert logged[:2] == logged[2:]  # the resumed run logs at the steps of the straight run
     # The resumed run keeps last.ckpt current (no last-v1.ckpt beside it), so a second resume starts at step 8.
     assert torch.load(last, weights_only=False)["global_step"] == 8
     assert not list(last.parent.glob("last-v*.ckpt"))
