@@ -74,23 +74,30 @@ class CheckpointOnException(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_sigint()
-        if isinstance(exception, SIGTERMException):
+        stopped_by_signal = isinstance(exception, SIGTERMException)
+        if stopped_by_signal:
             exception.code = 128 + (self.received or signal.SIGTERM)
-        if trainer.global_step == 0 or trainer.log_dir is None:
-            return
-        folder = os.path.join(trainer.log_dir, "checkpoints")
-        if not isinstance(exception, SIGTERMException):
-            trainer.save_checkpoint(os.path.join(folder, self.filename))
-            return
         checkpoint = trainer.checkpoint_callback
-        path = os.path.join(getattr(checkpoint, "dirpath", None) or folder, "last.ckpt")
+        folder = getattr(checkpoint, "dirpath", None) or (
+            os.path.join(trainer.logger.log_dir, "checkpoints") if trainer.logger and trainer.logger.log_dir else None)
+        if trainer.global_step == 0 or folder is None:
+            return
+        if not stopped_by_signal:
+            # Perhaps a DDP peer died: no collective here (trainer.save_checkpoint ends in a barrier that would wait
+            # for it), rank 0 writes the file alone.
+            if trainer.is_global_zero:
+                state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                trainer.strategy.checkpoint_io.save_checkpoint(state, os.path.join(folder, self.filename))
+            return
+        # A signal reaches every rank (Lightning forwards it), so all of them save together, at a step boundary.
+        path = os.path.join(folder, "last.ckpt")
         if isinstance(checkpoint, ModelCheckpoint):
             # Recorded before saving, so the saved ModelCheckpoint state owns last.ckpt and the resumed run keeps
             # updating it (otherwise it would write last-v1.ckpt beside it).
             checkpoint.last_model_path = path
         self._saving_on_signal = True
         try:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)
         finally:
             self._saving_on_signal = False
 

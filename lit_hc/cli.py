@@ -104,7 +104,10 @@ def one_line(message: str) -> str:
 def describe(error: BaseException) -> str:
     """One line for a bad-input error, however deeply jsonargparse wrapped it."""
     cause = root_cause(error)
-    return one_line(str(cause)) or type(cause).__name__
+    message = str(cause)
+    if "Original Traceback" in message:  # re-raised from a data-loader worker: its last line is the error
+        message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+    return one_line(message) or type(cause).__name__
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from dataclasses import dataclass
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -71,6 +73,26 @@ def _as(cls, value):
     return value if isinstance(value, cls) else cls(**value)
 
 
+def rng_states() -> dict:
+    """The global random generators (torch, CUDA, numpy, python), in types `torch.load(weights_only=True)` reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
 class HCTask(L.LightningModule):
     """What both tasks share: optimizer and schedule, throughput, connection logging, final hparams."""
 
@@ -92,6 +114,8 @@ class HCTask(L.LightningModule):
             self.net.compile()  # in place: parameter names (and checkpoints) stay those of the eager model
         self._last_batch_end: float | None = None
         self._final_metrics: dict[str, float] = {}
+        self._rng_states_to_restore: dict | None = None
+        self._rng_states_after_step: dict | None = None
 
     @property
     def hc(self) -> HCConfig:
@@ -155,8 +179,23 @@ class HCTask(L.LightningModule):
             weights = unrolled_connections(matrices)
             self.logger.experiment.add_figure("hc/unrolled_connections", unrolled_connections_figure(weights, name), step)
 
+    # Exact resume of dropout / drop-path: the global generators are snapshotted once a step's forward and backward
+    # are done (data loaders have their own generators, so nothing else draws from them between steps), saved with
+    # every checkpoint, and restored just before the first step of the resumed run.
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self._rng_states_after_step = rng_states()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = self._rng_states_after_step or rng_states()
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self._rng_states_to_restore is not None:
+            set_rng_states(self._rng_states_to_restore)
+            self._rng_states_to_restore = None
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another architecture or residual variant with one line naming the keys."""
+        self._rng_states_to_restore = checkpoint.get("rng_states")
         ours = {k: tuple(v.shape) for k, v in self.state_dict().items()}
         theirs = {k: tuple(v.shape) for k, v in checkpoint.get("state_dict", {}).items()}
         missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())

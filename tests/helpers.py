@@ -132,3 +132,16 @@ class SignalAtStep(Callback):
             import signal
 
             os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class DieAtStep(Callback):
+    """Kills this process without any clean-up at step `step` on rank `rank`: a node dying (tests only)."""
+
+    def __init__(self, step: int, rank: int = 1):
+        self.step, self.rank = step, rank
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            import os
+
+            os._exit(9)

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import CONFIGS, lm_args, write_toy_corpus
+from helpers import CONFIGS, lm_args, vit_args, write_toy_corpus, write_toy_images
 from lit_hc.cli import main
 from lit_hc.data import shapes
-from lit_hc.data.images import ImageFolderDataModule
+from lit_hc.data.images import ImageFolderDataModule, UnreadableImage
 from lit_hc.data.text import FixedWindows, RandomWindows, TextDataModule, prepare_shards, split_files, stdlib_root
 from lit_hc.data.tokenizers import ByteTokenizer
 
@@ -130,3 +130,67 @@ def test_unknown_config_key_is_one_line(tmp_path, capsys):
     corpus = write_toy_corpus(tmp_path / "c")
     err = _one_line_error(capsys, lm_args(tmp_path, corpus, 2, "--model.init_args.arch.n_layers", "3"))
     assert "n_layers" in err
+
+
+def test_shards_that_do_not_match_their_meta_are_one_line(tmp_path, capsys):
+    import json
+
+    corpus = write_toy_corpus(tmp_path / "c")
+    prepare_shards(str(corpus), str(tmp_path / "s"), val_fraction=0.3)
+    meta_path, train = tmp_path / "s" / "meta.json", tmp_path / "s" / "train.bin"
+    meta, tokens = json.loads(meta_path.read_text()), train.read_bytes()
+    broken = {
+        "says the shards are uint16": lambda: meta_path.write_text(json.dumps({**meta, "dtype": "uint16"})),
+        f"holds {len(tokens) - 1:,} tokens but meta.json says {len(tokens):,}": lambda: train.write_bytes(tokens[:-1]),
+    }
+    for expected, damage in broken.items():
+        damage()
+        err = _one_line_error(capsys, lm_args(tmp_path, tmp_path / "s", 2))
+        assert expected in err and "lit-hc prepare" in err, err
+        meta_path.write_text(json.dumps(meta))
+        train.write_bytes(tokens)
+    # Ids outside the vocabulary (a shard of another tokenizer) are caught before the embedding fails on them.
+    from lit_hc.data.text import load_shard
+
+    np.full(10, 300, dtype=np.uint16).tofile(tmp_path / "gpt2.bin")
+    with pytest.raises(ValueError, match="token id 300, outside"):
+        load_shard(tmp_path / "gpt2.bin", np.uint16, vocab_size=256)
+
+
+def _bad_image_files(root):
+    """A text file saved as .png, a non-image file, and a PNG cut in half (header fine, data truncated)."""
+    (root / "train" / "dark" / "error-page.png").write_text("<html>403 Forbidden</html>")
+    (root / "train" / "dark" / "notes.txt").write_text("labels checked by hand")
+    (root / "train" / "dark" / ".DS_Store").write_bytes(b"\0\0")
+    png = (root / "train" / "bright" / "0.png").read_bytes()
+    (root / "train" / "bright" / "truncated.png").write_bytes(png[: len(png) // 2])
+
+
+def test_corrupt_and_non_image_files_are_skipped_with_a_count(tmp_path):
+    root = write_toy_images(tmp_path / "img", train=8, val=2)
+    _bad_image_files(root)
+    dm = ImageFolderDataModule(root=str(root), image_size=16, batch_size=4, num_workers=0)
+    with pytest.warns(UserWarning, match="skipped 2 unreadable or non-image file"):
+        dm.setup("fit")
+    assert sorted(p.rsplit("/", 1)[-1] for p, _ in dm.train_set.skipped) == ["error-page.png", "notes.txt"]
+    assert len(dm.train_set) == 17  # 16 good images + the truncated one, whose header is fine
+    truncated = [i for i, (p, _) in enumerate(dm.train_set.samples) if p.endswith("truncated.png")][0]
+    with pytest.warns(UserWarning, match="skipping .*truncated.png is not a readable image"):
+        image, label = dm.train_set[truncated]
+    assert image.shape == (3, 16, 16)  # the next image stands in
+    assert label == dm.train_set.samples[truncated + 1][1]
+
+
+def test_corrupt_image_is_an_error_naming_it_when_strict(tmp_path, capsys):
+    root = write_toy_images(tmp_path / "img", train=8, val=2)
+    _bad_image_files(root)
+    err = _one_line_error(capsys, vit_args(tmp_path, 2, "--data.init_args.root", str(root),
+                                           "--data.init_args.strict", "true"))
+    assert "error-page.png is not a readable image" in err and "2 such file(s)" in err and "strict false" in err
+    (root / "train" / "dark" / "error-page.png").unlink()
+    (root / "train" / "dark" / "notes.txt").unlink()
+    dm = ImageFolderDataModule(root=str(root), image_size=16, num_workers=0, strict=True)
+    dm.setup("fit")
+    truncated = [i for i, (p, _) in enumerate(dm.train_set.samples) if p.endswith("truncated.png")][0]
+    with pytest.raises(UnreadableImage, match="truncated.png is not a readable image"):
+        dm.train_set[truncated]

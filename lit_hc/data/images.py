@@ -7,11 +7,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
 from lit_hc.data import shapes
 
@@ -23,6 +25,64 @@ def data_dir() -> Path:
 
 def class_names(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
+
+
+class UnreadableImage(ValueError):
+    """An image file that PIL cannot decode (corrupt, truncated, or not an image)."""
+
+
+class CheckedImageFolder(ImageFolder):
+    """torchvision's ImageFolder that deals with bad files instead of crashing a run hours in.
+
+    At construction every file is looked at: files without an image extension and, with `check_images`, files
+    whose header PIL cannot parse (an error page saved as .JPEG, an empty file) are left out and listed in
+    `skipped`; with `strict` the first one is an error that names it. A file whose header is fine but whose data
+    is not (a truncated download) is found when it is loaded: skipped with a warning naming it (the next image
+    takes its place), or an error under `strict`.
+    """
+
+    def __init__(self, root: str, transform=None, strict: bool = False, check_images: bool = True):
+        self.strict, self.check_images = strict, check_images
+        self.skipped: list[tuple[str, str]] = []  # (path, why)
+        super().__init__(root, transform=transform, loader=self._load, is_valid_file=self._keep)
+        if self.skipped:
+            path, why = self.skipped[0]
+            if strict:
+                raise UnreadableImage(f"{path} is not a readable image ({why}); {len(self.skipped)} such file(s) in "
+                                      f"{root}: remove them, or set data.init_args.strict false to skip them")
+            rank_zero_warn(f"skipped {len(self.skipped)} unreadable or non-image file(s) in {root}, e.g. {path} "
+                           f"({why}); data.init_args.strict true makes this an error")
+
+    def _keep(self, path: str) -> bool:
+        if os.path.basename(path).startswith("."):  # .DS_Store, editor and sync files
+            return False
+        if not path.lower().endswith(IMG_EXTENSIONS):
+            self.skipped.append((path, "not an image file extension"))
+            return False
+        if self.check_images:
+            try:
+                with Image.open(path):  # parses the header only
+                    pass
+            except Exception as e:  # PIL raises several types for bad files; all mean the same here
+                self.skipped.append((path, f"{type(e).__name__}: {e}"))
+                return False
+        return True
+
+    @staticmethod
+    def _load(path: str):
+        try:
+            return pil_loader(path)
+        except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt image data
+            raise UnreadableImage(f"{path} is not a readable image ({type(e).__name__}: {e})") from None
+
+    def __getitem__(self, index: int):
+        try:
+            return super().__getitem__(index)
+        except UnreadableImage as e:
+            if self.strict:
+                raise UnreadableImage(f"{e}: remove it, or set data.init_args.strict false to skip such files") from None
+            rank_zero_warn(f"skipping {e}")
+            return self[(index + 1) % len(self)]
 
 
 class ImageFolderDataModule(L.LightningDataModule):
@@ -48,6 +108,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         synthetic_train_per_class: int = 500,
         synthetic_val_per_class: int = 100,
         synthetic_seed: int = 0,
+        strict: bool = False,
+        check_images: bool = True,
         seed: int = 0,
     ):
         """
@@ -72,6 +134,10 @@ class ImageFolderDataModule(L.LightningDataModule):
             synthetic_train_per_class: generated training images per class (root=None only).
             synthetic_val_per_class: generated validation images per class (root=None only).
             synthetic_seed: seed of the generated dataset (root=None only).
+            strict: a corrupt or non-image file in the folders is an error naming it; false = skip such files
+                (counted in a warning).
+            check_images: open every image's header once at setup to find bad files up front (about a minute
+                per million files on a local disk); false = find them only when they are loaded.
             seed: seed of the training shuffle (the data order).
         """
         super().__init__()
@@ -115,9 +181,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.val_set = self._folder("val", eval_tf)
 
     def _folder(self, split: str, transform) -> ImageFolder:
-        folder = self.root / split
+        folder, h = self.root / split, self.hparams
         try:
-            dataset = ImageFolder(str(folder), transform=transform)
+            dataset = CheckedImageFolder(str(folder), transform, strict=h.strict, check_images=h.check_images)
         except FileNotFoundError as e:  # torchvision: no class folders or no images with a known extension
             raise FileNotFoundError(f"{folder}: {e} (image extensions: {', '.join(IMG_EXTENSIONS)})") from None
         if dataset.classes != self.classes:
@@ -138,7 +204,8 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.hparams.seed))  # not the global generator
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -147,8 +147,10 @@ class TextDataModule(L.LightningDataModule):
         if self.train_tokens is not None:
             return
         if self.shards:
+            meta = json.loads((self.root / "meta.json").read_text())
             self.train_tokens, self.val_tokens = (
-                load_shard(self.root / f"{split}.bin", self.tokenizer.dtype) for split in ("train", "val"))
+                load_shard(self.root / f"{split}.bin", self.tokenizer.dtype, meta, split, self.tokenizer.vocab_size)
+                for split in ("train", "val"))
         else:
             train_files, val_files = split_files(self.root, self.val_fraction)
             if not val_files or not train_files:
@@ -169,25 +171,43 @@ class TextDataModule(L.LightningDataModule):
         trainer = self.trainer
         sampler = (DistributedSampler(windows, trainer.world_size, trainer.global_rank, shuffle=False)
                    if trainer is not None and trainer.world_size > 1 else None)
+        # Own generators: creating an iterator then does not draw from the global one that dropout uses.
         return StatefulDataLoader(windows, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                                  drop_last=True, persistent_workers=self.num_workers > 0)
+                                  drop_last=True, persistent_workers=self.num_workers > 0,
+                                  generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         windows = FixedWindows(self.val_tokens, self.block_size, self.val_windows)
-        return DataLoader(windows, batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(windows, batch_size=self.batch_size, num_workers=self.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
 
-def load_shard(path: Path, dtype: np.dtype) -> np.ndarray:
+def load_shard(path: Path, dtype: np.dtype, meta: dict | None = None, split: str = "train",
+               vocab_size: int | None = None) -> np.ndarray:
+    """A token shard as a read-only memmap, checked against the meta.json written beside it by `lit-hc prepare`."""
     if not path.is_file():
         raise FileNotFoundError(f"missing shard {path}: write both train.bin and val.bin with `lit-hc prepare`")
+    dtype, meta, fix = np.dtype(dtype), meta or {}, "rewrite the shards with `lit-hc prepare`"
+    if "dtype" in meta and np.dtype(meta["dtype"]) != dtype:
+        raise ValueError(f"{path.parent}/meta.json says the shards are {meta['dtype']}, but the {meta.get('tokenizer')} "
+                         f"tokenizer writes {dtype}: {fix}")
     size = path.stat().st_size
-    if size % np.dtype(dtype).itemsize:
-        raise ValueError(f"shard {path} has {size} bytes, not a multiple of {np.dtype(dtype).itemsize} ({np.dtype(dtype)}):"
-                         " it was written with another dtype; rewrite it with `lit-hc prepare`")
-    return np.memmap(path, dtype=dtype, mode="r")
+    if size % dtype.itemsize:
+        raise ValueError(f"shard {path} has {size} bytes, not a multiple of {dtype.itemsize} ({dtype}): "
+                         f"it was written with another dtype; {fix}")
+    expected = meta.get(f"{split}_tokens")
+    if expected is not None and size // dtype.itemsize != expected:
+        raise ValueError(f"shard {path} holds {size // dtype.itemsize:,} tokens but meta.json says {expected:,}: it was "
+                         f"cut short or replaced; {fix}")
+    tokens = np.memmap(path, dtype=dtype, mode="r")
+    head = tokens[: 1 << 20]  # a cheap look at the start catches a shard written with another tokenizer
+    if vocab_size is not None and len(head) and int(head.max()) >= vocab_size:
+        raise ValueError(f"shard {path} has token id {int(head.max())}, outside the {meta.get('tokenizer')} vocabulary "
+                         f"of {vocab_size}: {fix}")
+    return tokens
 
 
 def prepare_shards(source: str, out: str, tokenizer: str = "byte", val_fraction: float = 0.05) -> dict:
