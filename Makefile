@@ -9,7 +9,7 @@ VENV := .venv
 export UV_SYSTEM_CERTS ?= 1
 export UV_NATIVE_TLS ?= 1
 PY := $(VENV)/bin/python
-EXTRAS ?= --extra dev
+EXTRAS ?= --extra dev --extra hf  # hf: the Hugging Face injection (lit_hc.hf) and its tests
 
 .PHONY: help install test test-fast reproduce bench tensorboard clean-venv
 

@@ -7,8 +7,9 @@ import torch
 from matplotlib.figure import Figure
 
 
-def connection_matrices_figure(matrices: torch.Tensor, title: str = "") -> Figure:
-    """One heatmap per sub-layer of its (n+1)x(n+1) HC matrix [[0, B], [A_m, A_r]]."""
+def connection_matrices_figure(matrices: torch.Tensor, title: str = "", labels: list[str] | None = None) -> Figure:
+    """One heatmap per sub-layer of its (n+1)x(n+1) HC matrix [[0, B], [A_m, A_r]]; labels default to
+    'attn k' / 'mlp k' (two sub-layers per block)."""
     count = matrices.shape[0]
     cols = min(count, 8)
     rows = math.ceil(count / cols)
@@ -17,7 +18,7 @@ def connection_matrices_figure(matrices: torch.Tensor, title: str = "") -> Figur
     for k in range(count):
         ax = fig.add_subplot(rows, cols, k + 1)
         image = ax.imshow(matrices[k].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
-        ax.set_title(f"{'attn' if k % 2 == 0 else 'mlp'} {k // 2}", fontsize=8)
+        ax.set_title(labels[k] if labels else f"{'attn' if k % 2 == 0 else 'mlp'} {k // 2}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(image, ax=fig.axes, shrink=0.6)
