@@ -9,7 +9,8 @@ VENV := .venv
 export UV_SYSTEM_CERTS ?= 1
 export UV_NATIVE_TLS ?= 1
 PY := $(VENV)/bin/python
-EXTRAS ?= --extra dev --extra hf  # hf: the Hugging Face injection (lit_hc.hf) and its tests
+# hf: the Hugging Face injection (lit_hc.hf) and its tests; bench: the peer HC package `make bench` measures
+EXTRAS ?= --extra dev --extra hf --extra bench
 
 .PHONY: help install test test-fast reproduce bench tensorboard clean-venv
 
@@ -35,8 +36,9 @@ reproduce: install ## Run the baseline-vs-HC grids into results/ [TASK=lm|vit] [
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA),--data $(DATA)) $(if $(RESULTS),--results $(RESULTS)) \
 		$(if $(ABLATIONS),--ablations)
 
-bench: install ## Measure step time and memory of every variant into results/ (coming: issue 6)
-	@echo "make bench: the benchmark is not built yet (issue 6)." >&2; exit 2
+BENCH_ARGS ?=
+bench: install ## Step time, memory and inference speed of every variant vs the baseline -> results/bench.{md,csv} (~25 min here)
+	$(PY) -m experiments.bench $(BENCH_ARGS)
 
 LOGDIR ?= results
 tensorboard: install ## Serve TensorBoard for results/ (all runs side by side) [LOGDIR=runs]

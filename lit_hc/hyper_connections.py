@@ -100,6 +100,79 @@ class HCConfig:
         return ManifoldHyperConnection(dim, self.expansion_rate, layer_idx, sinkhorn_iters=self.sinkhorn_iters)
 
 
+class _StreamMix(torch.autograd.Function):
+    """mix = alpha^T H per token, returned as (branch input x, residual R); see stream_mix."""
+
+    @staticmethod
+    def forward(ctx, H: torch.Tensor, alpha: torch.Tensor):
+        ctx.save_for_backward(H, alpha)
+        mix = torch.matmul(alpha.transpose(-1, -2), H)  # (..., n+1, d)
+        return mix[..., 0, :], mix[..., 1:, :]
+
+    @staticmethod
+    def backward(ctx, grad_x: torch.Tensor | None, grad_R: torch.Tensor | None):
+        H, alpha = ctx.saved_tensors
+        # One write of the (..., n+1, d) gradient; slicing the forward output instead would make autograd
+        # zero-fill two full-size buffers and add them.
+        grad_mix = H.new_empty(*torch.broadcast_shapes(H.shape[:-2], alpha.shape[:-2]), alpha.shape[-1], H.shape[-1])
+        grad_mix[..., 0, :] = 0 if grad_x is None else grad_x
+        grad_mix[..., 1:, :] = 0 if grad_R is None else grad_R
+        grad_H = grad_alpha = None
+        if ctx.needs_input_grad[0]:
+            grad_H = _sum_to(torch.matmul(alpha, grad_mix), H.shape)
+        if ctx.needs_input_grad[1]:
+            grad_alpha = _sum_to(torch.matmul(H, grad_mix.transpose(-1, -2)), alpha.shape)
+        return grad_H, grad_alpha
+
+
+class _StreamAdd(torch.autograd.Function):
+    """H'[j] = R[j] + beta[j] * y in one pass (addcmul); see stream_add."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor):
+        ctx.save_for_backward(y, beta)
+        ctx.R_shape = R.shape
+        return torch.addcmul(R, beta.unsqueeze(-1), y.unsqueeze(-2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        y, beta = ctx.saved_tensors
+        grad_y = grad_beta = None
+        if ctx.needs_input_grad[0]:  # sum_j beta_j grad_j: (..., 1, n) @ (..., n, d)
+            grad_y = _sum_to(torch.matmul(beta.unsqueeze(-2), grad).squeeze(-2), y.shape)
+        if ctx.needs_input_grad[2]:  # <grad_j, y>: (..., n, d) @ (..., d, 1)
+            grad_beta = _sum_to(torch.matmul(grad, y.unsqueeze(-1)).squeeze(-1), beta.shape)
+        return grad_y, _sum_to(grad, ctx.R_shape) if ctx.needs_input_grad[1] else None, grad_beta
+
+
+def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Reduce a broadcast gradient back to the shape of its input."""
+    if t.shape == shape:
+        return t
+    lead = t.dim() - len(shape)
+    dims = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and t.shape[i + lead] != 1)
+    return t.sum(dims, keepdim=True).reshape(shape) if dims else t
+
+
+def stream_mix(H: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Width connection: x = sum_i alpha[i, 0] H[i], R[j] = sum_i alpha[i, j+1] H[i].
+
+    H (..., n, d); alpha (n, n+1) or per token (..., n, n+1). Returns x (..., d) and R (..., n, d), both views of
+    one (..., n+1, d) product. The hand-written backward is one batched matmul per input.
+    """
+    if torch.compiler.is_compiling():  # as a broadcast-and-reduce, which inductor fuses into one loop
+        mix = (alpha.unsqueeze(-1) * H.unsqueeze(-2)).sum(-3)  # (..., n, n+1, d) summed over n
+        return mix[..., 0, :], mix[..., 1:, :]
+    return _StreamMix.apply(H, alpha)
+
+
+def stream_add(y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Depth connection: H'[j] = R[j] + beta[j] * y. y (..., d), R (..., n, d), beta (n,) or (..., n)."""
+    if torch.compiler.is_compiling():
+        return R + beta.unsqueeze(-1) * y.unsqueeze(-2)
+    return _StreamAdd.apply(y, R, beta)
+
+
 def expand_streams(x: torch.Tensor, n: int) -> torch.Tensor:
     """Copy the embedding output into n streams: (..., d) -> (..., n, d). A view, no copy."""
     return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])
@@ -122,7 +195,7 @@ class StreamConnection(nn.Module):
     @staticmethod
     def depth_connection(y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         # H'[j] = beta[j] * y + R[j];  y (..., d), beta (..., n) or (n,), R (..., n, d)
-        return R + beta.unsqueeze(-1) * y.unsqueeze(-2)
+        return stream_add(y, R, beta)
 
     def forward(self, H: torch.Tensor, branch: Branch) -> torch.Tensor:
         x, R, beta = self.width_connection(H)
@@ -200,8 +273,8 @@ class HyperConnection(StreamConnection):
 
     def width_connection(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         alpha, beta = self.coefficients(H)
-        mix = alpha.transpose(-1, -2) @ H  # (n+1, n) @ (..., n, d) -> (..., n+1, d)
-        return mix[..., 0, :], mix[..., 1:, :], beta
+        x, R = stream_mix(H, alpha)  # (n+1, n) @ (..., n, d) -> (..., n+1, d) = [x; R]
+        return x, R, beta
 
     def connection_matrix(self, H: torch.Tensor) -> torch.Tensor:
         alpha, beta = self.coefficients(H)
@@ -270,8 +343,9 @@ class ManifoldHyperConnection(StreamConnection):
 
     def width_connection(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h_pre, h_post, h_res = self.coefficients(H)
-        x = (h_pre.unsqueeze(-2) @ H).squeeze(-2)  # (..., 1, n) @ (..., n, d) -> (..., d)
-        return x, h_res @ H, h_post
+        # One mixing matrix in HC's layout, alpha = [H_pre^T | H_res^T]: x = H_pre H, R = H_res H.
+        x, R = stream_mix(H, torch.cat([h_pre.unsqueeze(-1), h_res.transpose(-1, -2)], -1))
+        return x, R, h_post
 
     def connection_matrix(self, H: torch.Tensor) -> torch.Tensor:
         # Same layout as HC: A_m = H_pre^T, A_r = H_res^T (HC mixes R = A_r^T H), B = H_post.

@@ -153,3 +153,61 @@ def test_mhc_init_breaks_stream_symmetry():
     stream's gradient identical forever (the control below), so mHC would train as n copies of one stream."""
     assert _b_post_grad_spread(symmetric=False) > 1e-2
     assert _b_post_grad_spread(symmetric=True) < 1e-5
+
+
+# The fast path (issue 6): hand-written backward for the stream mixing and the depth connection, and the
+# broadcast-and-reduce form used under torch.compile, against the plain formulas.
+
+def _plain_mix(H, alpha):
+    mix = alpha.transpose(-1, -2) @ H
+    return mix[..., 0, :], mix[..., 1:, :]
+
+
+def _plain_add(y, R, beta):
+    return R + beta.unsqueeze(-1) * y.unsqueeze(-2)
+
+
+@pytest.mark.parametrize("per_token", [False, True], ids=["static", "per-token"])
+def test_stream_functions_gradcheck(per_token):
+    from lit_hc.hyper_connections import stream_add, stream_mix
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 3, 5
+    H = torch.randn(2, 4, n, d, dtype=torch.float64, generator=g, requires_grad=True)
+    alpha = torch.randn(*((2, 4) if per_token else ()), n, n + 1, dtype=torch.float64, generator=g, requires_grad=True)
+    y = torch.randn(2, 4, d, dtype=torch.float64, generator=g, requires_grad=True)
+    R = torch.randn(2, 4, n, d, dtype=torch.float64, generator=g, requires_grad=True)
+    beta = torch.randn(*((2, 4) if per_token else ()), n, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda H, a: stream_mix(H, a), (H, alpha))
+    assert torch.autograd.gradcheck(lambda y, R, b: stream_add(y, R, b), (y, R, beta))
+    # Only one of the two mix outputs used: the other's gradient is None and must count as zero.
+    assert torch.autograd.gradcheck(lambda H, a: stream_mix(H, a)[1], (H, alpha))
+    # Equal to the plain formulas, forward and gradients, and so is the form used under torch.compile.
+    for fast_mix, fast_add in ((stream_mix, stream_add), (_compiled_form(stream_mix), _compiled_form(stream_add))):
+        for fast, plain, inputs in ((fast_mix, _plain_mix, (H, alpha)), (fast_add, _plain_add, (y, R, beta))):
+            outs, refs = fast(*inputs), plain(*inputs)
+            outs, refs = (outs, refs) if isinstance(outs, tuple) else ((outs,), (refs,))
+            weights = [torch.randn_like(o) for o in outs]
+            grads = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, outs)), inputs)
+            expected = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, refs)), inputs)
+            for o, r in zip(outs + grads, refs + expected):
+                torch.testing.assert_close(o, r, rtol=1e-12, atol=1e-12)
+
+
+def _compiled_form(fn):
+    """fn with torch.compiler.is_compiling() == True, i.e. the code path dynamo traces, run eagerly."""
+    from unittest import mock
+
+    def run(*args):
+        with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+            return fn(*args)
+    return run
+
+
+def test_first_block_gradient_through_expanded_streams():
+    """The embedding enters as a stride-0 expand over streams; its gradient is the sum over streams."""
+    from lit_hc.hyper_connections import expand_streams, stream_mix
+
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    alpha = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: stream_mix(expand_streams(x, 3), alpha)[1], (x,))

@@ -1,0 +1,282 @@
+"""Speed and memory of every residual variant against the Pre-Norm baseline, measured in one process.
+
+    python -m experiments.bench                      # make bench: both models, eager and compiled -> results/bench.*
+    python -m experiments.bench --repeats 1 --quick  # the smoke run of the tests
+
+For each model (the GPT and the ViT of issue 6) and mode (eager, torch.compile), every variant is built with the
+same seed; repeats are interleaved (variant order rotates each repeat) so drifts of the machine hit all variants
+alike. Reported per variant: the median training-step time (forward, backward, AdamW) and its ratio to the
+baseline of the same run, training memory and its ratio, and inference throughput (forward only).
+
+Memory: on CUDA the peak allocated bytes of a training step (torch.cuda.max_memory_allocated). On CPU there is
+no allocator statistic, so the column is what a training step must hold: parameters, gradients, AdamW state and
+the activations autograd saves for backward (counted by saved-tensor hooks, each storage once).
+The peer implementation (the `hyper-connections` package, `uv sync --extra bench`) is measured at n = 4 around
+the same attention and MLP sub-layers when it is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lit_hc import GPT, GPTConfig, HCConfig, ViT, ViTConfig
+from lit_hc.analysis import saved_activation_bytes
+from lit_hc.io import write_atomic
+
+VARIANTS = {
+    "residual": HCConfig(),
+    "shc4": HCConfig(kind="hc", expansion_rate=4, dynamic=False),
+    "dhc2": HCConfig(kind="hc", expansion_rate=2),
+    "dhc4": HCConfig(kind="hc", expansion_rate=4),
+    "dhc8": HCConfig(kind="hc", expansion_rate=8),
+    "dhc4-notanh": HCConfig(kind="hc", expansion_rate=4, use_tanh=False),
+    "mhc4": HCConfig(kind="mhc", expansion_rate=4),
+}
+TARGETS = {"shc4": 1.10, "dhc4": 1.15, "mhc4": 1.25, "dhc8": 1.35}  # training-step ratio targets (issue 6)
+MODELS = {
+    "lm": dict(arch=GPTConfig(vocab_size=256, block_size=256, n_layer=6, n_head=4, n_embd=256), batch=8),
+    "vit": dict(arch=ViTConfig(image_size=64, patch_size=8, dim=256, depth=6, heads=4, num_classes=100), batch=32),
+}
+QUICK = {  # the smoke test: the same code on tiny models
+    "lm": dict(arch=GPTConfig(vocab_size=256, block_size=32, n_layer=1, n_head=2, n_embd=32), batch=2),
+    "vit": dict(arch=ViTConfig(image_size=16, patch_size=8, dim=32, depth=1, heads=2, num_classes=10), batch=2),
+}
+
+
+def make_batch(task: str, arch, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    if task == "lm":
+        idx = torch.randint(0, arch.vocab_size, (batch, arch.block_size + 1), generator=g)
+        return idx[:, :-1].to(device), idx[:, 1:].to(device)
+    images = torch.randn(batch, 3, arch.image_size, arch.image_size, generator=g)
+    return images.to(device), torch.randint(0, arch.num_classes, (batch,), generator=g).to(device)
+
+
+def build(task: str, arch, variant: str, device) -> nn.Module:
+    torch.manual_seed(0)
+    if variant == "peer-hc4":
+        return peer_model(task, arch).to(device)
+    cls = GPT if task == "lm" else ViT
+    return cls(dataclasses.replace(arch, hc=VARIANTS[variant])).to(device)
+
+
+class _PeerConnection(nn.Module):
+    """The package's HyperConnections behind our StreamConnection call: forward(H, branch)."""
+
+    def __init__(self, init_hc, dim: int, layer_idx: int):
+        super().__init__()
+        self.hc = init_hc(dim=dim, layer_index=layer_idx)
+
+    def forward(self, H: torch.Tensor, branch) -> torch.Tensor:
+        x, add_residual = self.hc(H)
+        return add_residual(branch(x))
+
+
+class _PeerLayout(nn.Module):
+    """Runs a block in the package's layout, streams folded into the batch: (b*n, t, d). The first block converts
+    from ours, (b, t, n, d), the last converts back (one copy each per forward, like the package's expand)."""
+
+    def __init__(self, block: nn.Module, n: int, first: bool, last: bool):
+        super().__init__()
+        self.block, self.n, self.first, self.last = block, n, first, last
+
+    def forward(self, H: torch.Tensor, *args) -> torch.Tensor:
+        if self.first:
+            H = H.movedim(-2, 1).flatten(0, 1)  # (b, t, n, d) -> (b*n, t, d)
+        H = self.block(H, *args)
+        return H.unflatten(0, (-1, self.n)).movedim(1, -2) if self.last else H
+
+
+def peer_model(task: str, arch) -> nn.Module:
+    """Our GPT/ViT with the `hyper-connections` package's HC x4 (dynamic, tanh) around the same sub-layers."""
+    from hyper_connections import get_init_and_expand_reduce_stream_functions
+
+    n = 4
+    init_hc = get_init_and_expand_reduce_stream_functions(n)[0]
+    model = (GPT if task == "lm" else ViT)(dataclasses.replace(arch, hc=HCConfig(kind="hc", expansion_rate=n)))
+    dim, depth = (arch.n_embd, arch.n_layer) if task == "lm" else (arch.dim, arch.depth)
+    for i, block in enumerate(model.blocks):
+        block.hc_attn, block.hc_mlp = _PeerConnection(init_hc, dim, 2 * i), _PeerConnection(init_hc, dim, 2 * i + 1)
+    model.blocks = nn.ModuleList(_PeerLayout(b, n, i == 0, i == depth - 1) for i, b in enumerate(model.blocks))
+    return model
+
+
+def loss_fn(task: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return F.cross_entropy(out.flatten(0, -2) if task == "lm" else out, y.flatten() if task == "lm" else y)
+
+
+def train_step(task, model, optimizer, x, y) -> None:
+    loss = loss_fn(task, model, x, y)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def memory_bytes(task, model, optimizer, x, y, device) -> int:
+    """Training memory of one step (see the module docstring for what is counted on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        train_step(task, model, optimizer, x, y)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    adam = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+               if torch.is_tensor(t) and t.dim() > 0)
+    return 2 * params + adam + saved_activation_bytes(model, x)  # params + grads + Adam + saved activations
+
+
+def bench(task: str, spec: dict, variants: list[str], compile: bool, repeats: int, steps: int, warmup: int,
+          device) -> list[dict]:
+    arch, batch = spec["arch"], spec["batch"]
+    x, y = make_batch(task, arch, batch, device)
+    models, optimizers, steppers, infer = {}, {}, {}, {}
+    for v in variants:
+        model = build(task, arch, v, device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        if compile:
+            model.compile()  # in place, like lit-hc's `compile: true`
+        models[v], optimizers[v] = model, optimizer
+        for _ in range(warmup):
+            train_step(task, model, optimizer, x, y)
+    times = {v: [] for v in variants}
+    for r in range(repeats):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                train_step(task, models[v], optimizers[v], x, y)
+            sync(device)
+            times[v].append((time.perf_counter() - start) / steps)
+    for v in variants:
+        model = models[v].eval()
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            samples = []
+            for _ in range(max(3, repeats)):
+                sync(device)
+                start = time.perf_counter()
+                model(x)
+                sync(device)
+                samples.append(time.perf_counter() - start)
+        units = x.numel() if task == "lm" else x.shape[0]
+        infer[v] = units / statistics.median(samples)
+        model.train()
+    rows = []
+    base_time = statistics.median(times["residual"])
+    mems = {v: memory_bytes(task, models[v], optimizers[v], x, y, device) for v in variants}
+    for v in variants:
+        step = statistics.median(times[v])
+        rows.append({"model": task, "mode": "compiled" if compile else "eager", "variant": v,
+                     "step_ms": 1e3 * step, "step_ratio": step / base_time,
+                     "memory_mb": mems[v] / 2**20, "memory_ratio": mems[v] / mems["residual"],
+                     "infer_per_s": infer[v], "infer_ratio": infer[v] / infer["residual"],
+                     "target": TARGETS.get(v, "")})
+    return rows
+
+
+def peer_available() -> bool:
+    try:
+        import hyper_connections  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def machine(device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+
+
+def write_results(rows: list[dict], specs: dict, out: Path, command: str, device, seconds: float) -> None:
+    header = list(rows[0])
+    csv = ",".join(header) + "\n" + "".join(
+        ",".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in header) + "\n" for r in rows)
+    write_atomic(out / "bench.csv", csv)
+    unit = {"lm": "tokens/s", "vit": "images/s"}
+    mem_note = ("peak allocated (CUDA)" if device.type == "cuda"
+                else "params + grads + AdamW state + saved activations (CPU has no allocator statistic)")
+    lines = [f"# Benchmark: HC variants vs the Pre-Norm residual baseline\n",
+             f"Command: `{command}` ({seconds / 60:.1f} min)  ",
+             f"Machine: {machine(device)}  ",
+             f"Memory: {mem_note}. Ratios are to `residual` in the same run and mode; medians over interleaved "
+             "repeats after warm-up. `target` is issue 6's bound on the training-step ratio.\n"]
+    for (task, mode) in dict.fromkeys((r["model"], r["mode"]) for r in rows):
+        spec = specs[task]
+        lines += [f"## {task} ({mode})\n", f"`{spec['arch'].__class__.__name__}` "
+                  f"{_describe(spec['arch'])}, batch {spec['batch']}\n",
+                  f"| variant | train step (ms) | ratio | target | met | memory (MB) | ratio | inference ({unit[task]}) | ratio |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["model"] == task and r["mode"] == mode):
+            met = "" if r["target"] == "" else ("yes" if r["step_ratio"] <= r["target"] else "no")
+            target = "" if r["target"] == "" else f"<= {r['target']:.2f}x"
+            lines.append(f"| {r['variant']} | {r['step_ms']:.1f} | {r['step_ratio']:.2f}x | "
+                         f"{target} | {met} | "
+                         f"{r['memory_mb']:.0f} | {r['memory_ratio']:.2f}x | {r['infer_per_s']:,.0f} | {r['infer_ratio']:.2f}x |")
+        lines.append("")
+    write_atomic(out / "bench.md", "\n".join(lines) + "\n")
+
+
+def _describe(arch) -> str:
+    keys = ("n_layer", "n_embd", "n_head", "block_size", "vocab_size") if isinstance(arch, GPTConfig) else (
+        "depth", "dim", "heads", "image_size", "patch_size")
+    return ", ".join(f"{k}={getattr(arch, k)}" for k in keys)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["lm", "vit", "all"], default="all")
+    parser.add_argument("--mode", choices=["eager", "compiled", "all"], default="all")
+    parser.add_argument("--variants", nargs="+", default=None, help=f"subset of {list(VARIANTS)} (+ peer-hc4)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=2, help="training steps timed per repeat")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny models (the smoke test)")
+    parser.add_argument("--out", default="results", help="folder for bench.md and bench.csv")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    a = parser.parse_args(argv)
+    device = torch.device(a.device)
+    # Every variant compiles the same forward code objects (and again for inference): allow that many entries.
+    torch._dynamo.config.cache_size_limit = torch._dynamo.config.recompile_limit = 64
+    variants = a.variants or list(VARIANTS) + (["peer-hc4"] if peer_available() else [])
+    unknown = set(variants) - set(VARIANTS) - {"peer-hc4"}
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {list(VARIANTS)} and peer-hc4")
+    if "residual" not in variants:
+        variants = ["residual", *variants]
+    specs = QUICK if a.quick else MODELS
+    command = "python -m experiments.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    started, rows = time.time(), []
+    for task in (["lm", "vit"] if a.model == "all" else [a.model]):
+        for compile in ((False, True) if a.mode == "all" else (a.mode == "compiled",)):
+            print(f"bench: {task} {'compiled' if compile else 'eager'}: {', '.join(variants)}", flush=True)
+            rows += bench(task, specs[task], variants, compile, a.repeats, a.steps, a.warmup, device)
+            for r in rows[-len(variants):]:
+                print(f"  {r['variant']:12s} {r['step_ms']:8.1f} ms  {r['step_ratio']:.2f}x  "
+                      f"mem {r['memory_ratio']:.2f}x  infer {r['infer_ratio']:.2f}x", flush=True)
+    write_results(rows, specs, Path(a.out), command.strip(), device, time.time() - started)
+    print(f"bench: wrote {a.out}/bench.md and bench.csv in {(time.time() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The benchmark runs end to end (the numbers themselves are not tested: they live in results/bench.md)."""
+import csv
+
+import pytest
+
+from experiments.bench import VARIANTS, main as bench
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_bench_smoke_eager(tmp_path):
+    bench(["--quick", "--mode", "eager", "--repeats", "1", "--steps", "1", "--warmup", "1", "--out", str(tmp_path)])
+    rows = _rows(tmp_path / "bench.csv")
+    variants = list(VARIANTS) + ["peer-hc4"]
+    assert [(r["model"], r["variant"]) for r in rows] == [(m, v) for m in ("lm", "vit") for v in variants]
+    for r in rows:
+        assert float(r["step_ms"]) > 0 and float(r["memory_mb"]) > 0 and float(r["infer_per_s"]) > 0
+        if r["variant"] == "residual":
+            assert float(r["step_ratio"]) == float(r["memory_ratio"]) == float(r["infer_ratio"]) == 1.0
+        elif r["variant"] != "shc4":  # more streams, more saved activations
+            assert float(r["memory_ratio"]) > 1.0
+    md = (tmp_path / "bench.md").read_text()
+    assert "python -m experiments.bench --quick" in md and "torch " in md and "| dhc4 |" in md
+
+
+@pytest.mark.slow
+def test_bench_smoke_compiled(tmp_path):
+    bench(["--quick", "--model", "lm", "--mode", "compiled", "--variants", "dhc4", "mhc4", "--repeats", "1",
+           "--steps", "1", "--warmup", "1", "--out", str(tmp_path)])
+    rows = _rows(tmp_path / "bench.csv")
+    assert [(r["mode"], r["variant"]) for r in rows] == [("compiled", v) for v in ("residual", "dhc4", "mhc4")]
+
+
+def test_unknown_variant_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        bench(["--variants", "dhc3"])
+    assert "unknown variants ['dhc3']" in capsys.readouterr().err
