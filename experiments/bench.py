@@ -193,6 +193,37 @@ def bench(task: str, spec: dict, variants: list[str], compile: bool, repeats: in
     return rows
 
 
+def profile(task: str, spec: dict, variants: list[str], device, out: Path, command: str) -> None:
+    """Where the time of an eager training step goes: the top operators of each variant (results/bench_profile.md)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    arch, batch = spec["arch"], spec["batch"]
+    x, y = make_batch(task, arch, batch, device)
+    lines = [f"# Where the time goes: one eager training step of the {task} bench model\n",
+             f"Command: `{command}`  ", f"Machine: {machine(device)}\n",
+             "Self time per operator over 2 steps (torch.profiler, CPU); the profiler adds overhead, so compare "
+             "variants with each other, not with bench.md.\n"]
+    for v in variants:
+        model = build(task, arch, v, device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        for _ in range(2):
+            train_step(task, model, optimizer, x, y)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch_profile(activities=activities) as prof:
+            for _ in range(2):
+                train_step(task, model, optimizer, x, y)
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        lines += [f"## {v}: {total / 2e3:.0f} ms per step under the profiler\n", "| operator | ms per step | share | calls per step |",
+                  "|---|---|---|---|"]
+        for e in events[:12]:
+            lines.append(f"| `{e.key}` | {e.self_cpu_time_total / 2e3:.1f} | {e.self_cpu_time_total / total:.0%} | "
+                         f"{e.count // 2} |")
+        lines.append("")
+    write_atomic(out / "bench_profile.md", "\n".join(lines) + "\n")
+
+
 def peer_available() -> bool:
     try:
         import hyper_connections  # noqa: F401
@@ -254,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny models (the smoke test)")
     parser.add_argument("--out", default="results", help="folder for bench.md and bench.csv")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing: the top operators of one eager step per variant -> bench_profile.md")
     a = parser.parse_args(argv)
     device = torch.device(a.device)
     # Every variant compiles the same forward code objects (and again for inference): allow that many entries.
@@ -266,6 +299,11 @@ def main(argv: list[str] | None = None) -> None:
         variants = ["residual", *variants]
     specs = QUICK if a.quick else MODELS
     command = "python -m experiments.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    if a.profile:
+        task = "lm" if a.model == "all" else a.model
+        profile(task, specs[task], variants, device, Path(a.out), command.strip())
+        print(f"bench: wrote {a.out}/bench_profile.md")
+        return
     started, rows = time.time(), []
     for task in (["lm", "vit"] if a.model == "all" else [a.model]):
         for compile in ((False, True) if a.mode == "all" else (a.mode == "compiled",)):

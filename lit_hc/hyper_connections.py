@@ -107,7 +107,8 @@ class _StreamMix(torch.autograd.Function):
     def forward(ctx, H: torch.Tensor, alpha: torch.Tensor):
         ctx.save_for_backward(H, alpha)
         mix = torch.matmul(alpha.transpose(-1, -2), H)  # (..., n+1, d)
-        return mix[..., 0, :], mix[..., 1:, :]
+        # x gets its own storage: the branch saves its input for backward, and a view would keep all n+1 rows alive.
+        return mix[..., 0, :].contiguous(), mix[..., 1:, :]
 
     @staticmethod
     def backward(ctx, grad_x: torch.Tensor | None, grad_R: torch.Tensor | None):
@@ -162,7 +163,7 @@ def stream_mix(H: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torc
     """
     if torch.compiler.is_compiling():  # as a broadcast-and-reduce, which inductor fuses into one loop
         mix = (alpha.unsqueeze(-1) * H.unsqueeze(-2)).sum(-3)  # (..., n, n+1, d) summed over n
-        return mix[..., 0, :], mix[..., 1:, :]
+        return mix[..., 0, :].contiguous(), mix[..., 1:, :]
     return _StreamMix.apply(H, alpha)
 
 

@@ -3,7 +3,8 @@ import csv
 
 import pytest
 
-from experiments.bench import VARIANTS, main as bench
+from experiments.bench import VARIANTS, peer_available
+from experiments.bench import main as bench
 
 
 def _rows(path):
@@ -14,7 +15,7 @@ def _rows(path):
 def test_bench_smoke_eager(tmp_path):
     bench(["--quick", "--mode", "eager", "--repeats", "1", "--steps", "1", "--warmup", "1", "--out", str(tmp_path)])
     rows = _rows(tmp_path / "bench.csv")
-    variants = list(VARIANTS) + ["peer-hc4"]
+    variants = list(VARIANTS) + (["peer-hc4"] if peer_available() else [])  # the peer: with the bench extra
     assert [(r["model"], r["variant"]) for r in rows] == [(m, v) for m in ("lm", "vit") for v in variants]
     for r in rows:
         assert float(r["step_ms"]) > 0 and float(r["memory_mb"]) > 0 and float(r["infer_per_s"]) > 0
@@ -38,3 +39,9 @@ def test_unknown_variant_is_an_error(capsys):
     with pytest.raises(SystemExit):
         bench(["--variants", "dhc3"])
     assert "unknown variants ['dhc3']" in capsys.readouterr().err
+
+
+def test_profile_writes_the_top_operators(tmp_path):
+    bench(["--quick", "--model", "lm", "--profile", "--variants", "dhc4", "--out", str(tmp_path)])
+    text = (tmp_path / "bench_profile.md").read_text()
+    assert "## residual:" in text and "## dhc4:" in text and "`aten::" in text
