@@ -106,7 +106,7 @@ class _StreamMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, H: torch.Tensor, alpha: torch.Tensor):
         ctx.save_for_backward(H, alpha)
-        mix = torch.matmul(alpha.transpose(-1, -2), H)  # (..., n+1, d)
+        mix = torch.matmul(_per_token(alpha, H).transpose(-1, -2), H)  # (..., n+1, d)
         # x gets its own storage: the branch saves its input for backward, and a view would keep all n+1 rows alive.
         return mix[..., 0, :].contiguous(), mix[..., 1:, :]
 
@@ -120,7 +120,7 @@ class _StreamMix(torch.autograd.Function):
         grad_mix[..., 1:, :] = 0 if grad_R is None else grad_R
         grad_H = grad_alpha = None
         if ctx.needs_input_grad[0]:
-            grad_H = _sum_to(torch.matmul(alpha, grad_mix), H.shape)
+            grad_H = _sum_to(torch.matmul(_per_token(alpha, grad_mix), grad_mix), H.shape)
         if ctx.needs_input_grad[1]:
             grad_alpha = _sum_to(torch.matmul(H, grad_mix.transpose(-1, -2)), alpha.shape)
         return grad_H, grad_alpha
@@ -140,10 +140,18 @@ class _StreamAdd(torch.autograd.Function):
         y, beta = ctx.saved_tensors
         grad_y = grad_beta = None
         if ctx.needs_input_grad[0]:  # sum_j beta_j grad_j: (..., 1, n) @ (..., n, d)
-            grad_y = _sum_to(torch.matmul(beta.unsqueeze(-2), grad).squeeze(-2), y.shape)
+            grad_y = _sum_to(torch.matmul(_per_token(beta.unsqueeze(-2), grad), grad).squeeze(-2), y.shape)
         if ctx.needs_input_grad[2]:  # <grad_j, y>: (..., n, d) @ (..., d, 1)
             grad_beta = _sum_to(torch.matmul(grad, y.unsqueeze(-1)).squeeze(-1), beta.shape)
         return grad_y, _sum_to(grad, ctx.R_shape) if ctx.needs_input_grad[1] else None, grad_beta
+
+
+def _per_token(coefficients: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Static (n, k) coefficients as a stride-0 batch matching `like`: matmul then takes its fast batched path
+    instead of the 2-D @ batched path, which copies the batched operand into a transposed layout first."""
+    if coefficients.dim() == 2 and like.dim() > 2:
+        return coefficients.expand(*like.shape[:-2], *coefficients.shape)
+    return coefficients
 
 
 def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
