@@ -108,7 +108,8 @@ class _StreamMix(torch.autograd.Function):
         ctx.save_for_backward(H, alpha)
         mix = torch.matmul(_per_token(alpha, H).transpose(-1, -2), H)  # (..., n+1, d)
         # x gets its own storage: the branch saves its input for backward, and a view would keep all n+1 rows alive.
-        return mix[..., 0, :].contiguous(), mix[..., 1:, :]
+        # (copy_ into a new tensor: .contiguous() of this slice takes a path ~15x slower on CPU.)
+        return mix.new_empty(mix.shape[:-2] + mix.shape[-1:]).copy_(mix[..., 0, :]), mix[..., 1:, :]
 
     @staticmethod
     def backward(ctx, grad_x: torch.Tensor | None, grad_R: torch.Tensor | None):
