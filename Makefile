@@ -37,7 +37,7 @@ reproduce: install ## Run the baseline-vs-HC grids into results/ [TASK=lm|vit] [
 		$(if $(ABLATIONS),--ablations)
 
 BENCH_ARGS ?=
-bench: install ## Step time, memory and inference speed of every variant vs the baseline -> results/bench.{md,csv} (~25 min here)
+bench: install ## Step time, memory and inference speed of every variant vs the baseline -> results/bench.{md,csv} (8-18 min here)
 	$(PY) -m experiments.bench $(BENCH_ARGS)
 
 LOGDIR ?= results

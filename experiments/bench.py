@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: the top operators of one eager step per variant -> bench_profile.md")
     a = parser.parse_args(argv)
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {a.device}: no CUDA device on this machine; use --device cpu")
     device = torch.device(a.device)
     # Every variant compiles the same forward code objects (and again for inference): allow that many entries.
     torch._dynamo.config.cache_size_limit = torch._dynamo.config.recompile_limit = 64

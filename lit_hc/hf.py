@@ -354,7 +354,4 @@ class HFCausalLM(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         groups = hc_param_groups(self.model, o.lr, o.weight_decay, self.hparams.hc_lr_multiplier)
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
-        total = self.trainer.estimated_stepping_batches
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: o.lr_factor(step, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return o.build(groups, self.trainer.estimated_stepping_batches)

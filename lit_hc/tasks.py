@@ -54,6 +54,13 @@ class OptimConfig:
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"OptimConfig.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
 
+    def build(self, param_groups: list[dict], total_steps: int) -> dict:
+        """AdamW over `param_groups` with the warmup + cosine schedule stepped per step, as Lightning wants it
+        from configure_optimizers."""
+        optimizer = torch.optim.AdamW(param_groups, lr=self.lr, betas=self.betas, eps=self.eps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
     def lr_factor(self, step: int, total_steps: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
@@ -147,11 +154,8 @@ class HCTask(L.LightningModule):
         self._epoch_end("test")
 
     def configure_optimizers(self):
-        o = self.optim
-        optimizer = torch.optim.AdamW(param_groups(self.net, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
-        total = self.trainer.estimated_stepping_batches
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: o.lr_factor(step, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        groups = param_groups(self.net, self.optim.weight_decay)
+        return self.optim.build(groups, self.trainer.estimated_stepping_batches)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
