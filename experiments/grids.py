@@ -1,28 +1,34 @@
-"""The experiment grids, as data: which residual variants run, with how many seeds, on what budget.
+"""The experiments, as data: which runs each study makes, on what budget, with which seeds.
 
-Every run of a task shares the base config, the budget (tokens or images) and the schedule; a run with seed s
-uses data order s, like the baseline's seed s, so only the residual variant differs between paired runs.
-Variant names are the overlays in configs/hc/.
+A run is (task, residual variant, seed, knobs). Knobs are the few settings a study varies on top of the task's
+base config (depth, width, learning rate); a run's name spells all of them, e.g. `dhc4-L16-d64-lr0.003-s2`,
+so two runs with different settings never share a folder (the runner also checks a fingerprint of the full
+argument list and refuses a folder that holds another configuration). All runs of a task live in one pool,
+results/<task>/runs/<name>/; a study is a view on that pool, so a run two studies need is made once.
+
+Pairing: seed s sets the initialisation and the data order (TextDataModule draws window i from a generator seeded
+by (s, i)), identically for every variant, so run `<variant>-...-s<s>` is paired with `residual-...-s<s>`.
+
+Held-out seeds: every study names the seeds its settings were chosen on (`choice_seeds`) and the seeds that were
+never used for a choice (`confirm_seeds`); summaries report the two sets apart.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-# variant -> seeds by default (the paper's main comparison, baseline vs DHC x4, gets 3; SEEDS=N raises all to N)
-GRIDS: dict[str, dict[str, int]] = {
-    "lm": {"residual": 3, "dhc1": 1, "dhc2": 1, "dhc4": 3, "dhc8": 1, "dhc4-notanh": 1, "shc2": 1, "shc4": 1,
-           "mhc4": 1},
-    "vit": {"residual": 3, "dhc1": 1, "dhc2": 1, "dhc4": 3, "dhc8": 1, "shc2": 1, "mhc4": 1},
+VARIANTS = ("residual", "dhc1", "dhc2", "dhc4", "dhc8", "dhc4-notanh", "shc2", "shc4", "mhc4")
+
+# knob -> the CLI argument it sets, per task. Keys are short because they go into run names.
+KNOBS: dict[str, dict[str, str]] = {
+    "L": {"lm": "--model.init_args.arch.n_layer", "vit": "--model.init_args.arch.depth"},
+    "d": {"lm": "--model.init_args.arch.n_embd", "vit": "--model.init_args.arch.dim"},
+    "lr": {"lm": "--model.init_args.optim.lr", "vit": "--model.init_args.optim.lr"},
 }
-
-# Opt-in (make reproduce ABLATIONS=1): the direction of the sqrt(n) output-init scaling, which the paper leaves
-# open (SPEC 2.3). The grid's dhc4 runs are the 'divide' arm.
-ABLATIONS: dict[str, dict[str, int]] = {"lm": {"dhc4-init-none": 3, "dhc4-init-multiply": 3}, "vit": {}}
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How long every run of a task trains, counted in samples of the batch (windows or images)."""
+    """How long every run of a study trains, counted in samples of the batch (windows or images)."""
 
     steps: int
     batch_size: int
@@ -34,28 +40,113 @@ class Budget:
         return self.steps * self.batch_size * block_size
 
 
+@dataclass(frozen=True)
+class Run:
+    task: str
+    variant: str
+    seed: int
+    knobs: tuple[tuple[str, int | float], ...] = ()  # (key, value) in KNOBS order
+
+    @property
+    def name(self) -> str:
+        return "-".join([self.variant, *(f"{k}{v:g}" for k, v in self.knobs), f"s{self.seed}"])
+
+    def knob(self, key: str):
+        return dict(self.knobs).get(key)
+
+
+def run(task: str, variant: str, seed: int, **knobs) -> Run:
+    unknown = set(knobs) - set(KNOBS)
+    if unknown:
+        raise ValueError(f"unknown knobs {sorted(unknown)}; known: {list(KNOBS)}")
+    return Run(task, variant, seed, tuple((k, knobs[k]) for k in KNOBS if k in knobs))
+
+
+@dataclass(frozen=True)
+class Study:
+    """A set of runs on one budget, and how to read it (which seeds chose its settings, which confirm them)."""
+
+    name: str
+    task: str
+    budget: Budget
+    runs: tuple[Run, ...]
+    choice_seeds: tuple[int, ...]
+    confirm_seeds: tuple[int, ...] = ()
+    about: str = ""
+    base_knobs: dict = field(default_factory=dict)  # the knobs every run of the study shares unless it varies them
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return self.choice_seeds + self.confirm_seeds
+
+
 BASE_CONFIGS = {
     "cpu": {"lm": "configs/lm/base.yaml", "vit": "configs/vit/base.yaml"},
     "paper": {"lm": "configs/lm/olmo-1b.yaml", "vit": "configs/vit/vit-b16.yaml"},
 }
 
-# CPU grid: 40 minutes for both tasks on 2 cores (measured step times: see results/README.md).
-# LM: 400 steps x 16 windows x 128 bytes = 819,200 tokens; ViT: 250 steps x 64 = 16,000 images (3.2 epochs).
-BUDGETS = {
-    "cpu": {"lm": Budget(steps=400, batch_size=16, val_every=50), "vit": Budget(steps=250, batch_size=64, val_every=50)},
-    # QUICK: a few steps of tiny models, for tests of the whole pipeline.
-    "quick": {
-        "lm": Budget(steps=4, batch_size=4, val_every=2, log_every=1, overrides=(
-            "--model.init_args.arch.n_layer", "1", "--model.init_args.arch.n_embd", "32",
-            "--model.init_args.arch.n_head", "2", "--data.init_args.block_size", "32",
-            "--data.init_args.val_windows", "4", "--data.init_args.val_fraction", "0.2")),
-        "vit": Budget(steps=4, batch_size=8, val_every=2, log_every=1, overrides=(
-            "--model.init_args.arch.dim", "32", "--model.init_args.arch.depth", "1", "--model.init_args.arch.heads", "2",
-            "--model.init_args.arch.patch_size", "8", "--data.init_args.image_size", "16",
-            "--data.init_args.num_workers", "0", "--data.init_args.synthetic_train_per_class", "8",
-            "--data.init_args.synthetic_val_per_class", "2")),
-    },
+# LM regime of the depth study: byte-level GPT, width 64, 4 heads, context 128, batch 16, 600 steps
+# (1,228,800 tokens), AdamW 3e-3, warmup 60 steps then cosine to 0.1x. Step time on this 2-core CPU, residual /
+# DHC x4: L=4 0.06 / 0.11 s, L=16 0.23 / 0.37 s, L=32 0.34 / 0.74 s (a 40-step probe through `lit-hc fit`).
+LM_BUDGET = Budget(steps=600, batch_size=16, val_every=100)
+LM_WIDTH, LM_LR = 64, 3e-3
+DEPTHS = (4, 8, 16, 32)
+
+QUICK_OVERRIDES = {
+    "lm": ("--model.init_args.arch.n_head", "2", "--data.init_args.block_size", "32",
+           "--data.init_args.val_windows", "4", "--data.init_args.val_fraction", "0.2"),
+    "vit": ("--model.init_args.arch.heads", "2", "--model.init_args.arch.patch_size", "8",
+            "--data.init_args.image_size", "16", "--data.init_args.num_workers", "0",
+            "--data.init_args.synthetic_train_per_class", "8", "--data.init_args.synthetic_val_per_class", "2"),
 }
+QUICK_BUDGET = {
+    "lm": Budget(steps=4, batch_size=4, val_every=2, log_every=1, overrides=QUICK_OVERRIDES["lm"]),
+    "vit": Budget(steps=4, batch_size=8, val_every=2, log_every=1, overrides=QUICK_OVERRIDES["vit"]),
+}
+
+
+def depth_study(quick: bool = False) -> Study:
+    """Does HC's gain grow with depth at fixed width? Residual vs DHC x4 at L in DEPTHS, width 64, equal tokens.
+
+    Seeds 0-2 are the choice set: the main grid's depth is picked from this study. QUICK: L in {1, 2}, width 32.
+    """
+    depths, width, seeds = ((1, 2), 32, (0, 1)) if quick else (DEPTHS, LM_WIDTH, (0, 1, 2))
+    runs = tuple(run("lm", v, s, L=L, d=width, lr=LM_LR) for s in seeds for L in depths for v in ("residual", "dhc4"))
+    return Study("depth", "lm", QUICK_BUDGET["lm"] if quick else LM_BUDGET, runs, choice_seeds=seeds,
+                 about="paired Δ (DHC x4 − residual) of the final validation loss against depth at width "
+                       f"{width}, equal tokens", base_knobs={"d": width, "lr": LM_LR})
+
+
+# The main grids of the earlier CPU reproduction (4 layers x d=128). Kept as `make reproduce` until the
+# deep-and-narrow grid chosen from the depth study replaces them.
+LEGACY_GRIDS: dict[str, dict[str, int]] = {
+    "lm": {"residual": 3, "dhc1": 1, "dhc2": 1, "dhc4": 3, "dhc8": 1, "dhc4-notanh": 1, "shc2": 1, "shc4": 1,
+           "mhc4": 1},
+    "vit": {"residual": 3, "dhc1": 1, "dhc2": 1, "dhc4": 3, "dhc8": 1, "shc2": 1, "mhc4": 1},
+}
+LEGACY_BUDGETS = {"lm": Budget(steps=400, batch_size=16, val_every=50), "vit": Budget(steps=250, batch_size=64, val_every=50)}
+
+
+def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Study:
+    """The baseline-vs-HC grid of a task: every variant, paired by seed (seed-major order, so an interrupted
+    grid already compares all variants). SEEDS=N raises every variant to N seeds."""
+    counts = {v: max(n, seeds or 0) for v, n in LEGACY_GRIDS[task].items()}
+    knobs = {"L": 1, "d": 32} if quick else {}
+    runs = tuple(run(task, v, s, **knobs) for s in range(max(counts.values())) for v, n in counts.items() if s < n)
+    budget = QUICK_BUDGET[task] if quick else LEGACY_BUDGETS[task]
+    return Study("main", task, budget, runs, choice_seeds=tuple(range(max(counts.values()))),
+                 about="every residual variant against the baseline, paired by seed")
+
+
+STUDIES = {"main": main_study, "depth": depth_study}
+
+
+def studies(name: str, tasks: list[str], quick: bool = False, seeds: int | None = None) -> list[Study]:
+    if name == "main":
+        return [main_study(t, quick, seeds) for t in tasks]
+    study = STUDIES[name](quick)
+    return [study] if study.task in tasks else []
+
 
 # Paper numbers to print beside ours (SPEC 2.5). LM: OLMo-1B, 500B tokens, V2 eval loss. ViT: ViT-Base top-1.
 PAPER = {
@@ -68,21 +159,3 @@ PAPER = {
 # 40% of an H100's dense bf16 peak (989 TFLOP/s) for OLMo-1B; ViT-B/16 from 3 * 17.6 GFLOPs per
 # image, 1.28M images x 300 epochs at 30% utilisation.
 PAPER_GPU_HOURS = {"lm": 2_480, "vit": 19}
-
-
-@dataclass(frozen=True)
-class Run:
-    task: str
-    variant: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.variant}-s{self.seed}"
-
-
-def grid_runs(task: str, seeds: int | None = None, ablations: bool = False) -> list[Run]:
-    """Seed-major order: every variant's seed 0 first, so an interrupted grid already compares all variants."""
-    variants = GRIDS[task] | (ABLATIONS[task] if ablations else {})
-    counts = {v: max(n, seeds or 0) for v, n in variants.items()}  # SEEDS=N raises every variant to N
-    return [Run(task, v, s) for s in range(max(counts.values())) for v, n in counts.items() if s < n]

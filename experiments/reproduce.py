@@ -1,25 +1,29 @@
-"""Run the baseline-vs-HC grids through the lit-hc CLI and write results/.
+"""Run the experiment studies through the lit-hc CLI and write results/.
 
-    python -m experiments.reproduce                  # both tasks, CPU grid on the embedded data (make reproduce)
+    python -m experiments.reproduce                  # both tasks' main grids, CPU, embedded data (make reproduce)
+    python -m experiments.reproduce --study depth    # residual vs DHC x4 against depth (make reproduce STUDY=depth)
     python -m experiments.reproduce --task lm        # one half
     python -m experiments.reproduce --quick          # a few steps per run (tests)
     python -m experiments.reproduce --scale paper --task lm --data /data/olmo-shards   # multi-GPU machine
 
-One folder per run, results/<task>/<variant>-s<seed>/ (config.yaml, TensorBoard events, checkpoints/ which
-git ignores, done.json). A run with done.json is skipped; a run with a checkpoint but no done.json resumes from
-it; nothing is deleted. After the runs, results/<task>/summary.{csv,md} and plots are (re)written.
+One folder per run in the task's pool, results/<task>/runs/<run name>/ (config.yaml, TensorBoard events,
+checkpoints/ which git ignores, run.json, done.json); studies share runs whose settings coincide. A run with
+done.json is skipped; a run with a checkpoint but no done.json resumes from it; nothing is deleted. A folder that
+holds a run of another configuration (its fingerprint differs) stops the runner with one line. After the runs,
+each study's tables and plots are (re)written to results/<task>/<study>/.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from experiments.grids import BASE_CONFIGS, BUDGETS, PAPER_GPU_HOURS, Run, grid_runs
-from experiments.summarize import read_run_metrics, summarize_task
+from experiments.grids import BASE_CONFIGS, KNOBS, PAPER_GPU_HOURS, Run, Study, studies
+from experiments.summarize import read_run_metrics, summarize_study
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_hc.callbacks import stop_message
@@ -27,15 +31,38 @@ from lit_hc.cli import BAD_INPUT, describe
 from lit_hc.io import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
+# What decides a run's numbers; a change anywhere else (docs, summaries, tests) leaves finished runs valid.
+CODE_PATHS = ("lit_hc", "configs", "experiments/grids.py", "experiments/reproduce.py", "pyproject.toml", "uv.lock")
 
 
-def cli_args(run: Run, scale: str, quick: bool, results: Path, data: str | None) -> list[str]:
+class ConfigMismatch(ValueError):
+    """A run folder holds a run of another configuration."""
+
+
+def provenance() -> dict:
+    """The commit the runner's code comes from, whether that code had uncommitted changes, and a hash of the
+    code that decides the numbers (git's tree ids of CODE_PATHS), so tables can tell runs of different code apart.
+    Read once when the runner starts: the runner keeps the code it imported even if the tree changes later."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--", *CODE_PATHS))
+        trees = git("rev-parse", *(f"HEAD:{p}" for p in CODE_PATHS))
+    except (OSError, subprocess.CalledProcessError):  # not a git checkout (an sdist, a copied folder)
+        return {"commit": "unknown", "dirty": True, "code": "unknown"}
+    return {"commit": commit, "dirty": dirty, "code": hashlib.sha1(trees.encode()).hexdigest()[:12]}
+
+
+def cli_args(run: Run, study: Study, scale: str, quick: bool, results: Path, data: str | None) -> list[str]:
     """The exact `lit-hc` arguments of one run (also stored in its done.json)."""
-    budget = BUDGETS["quick" if quick else scale][run.task]
+    budget = study.budget
     args = ["fit", "--config", str(ROOT / BASE_CONFIGS[scale][run.task]),
             "--config", str(ROOT / f"configs/hc/{run.variant}.yaml"),
             "--seed_everything", str(run.seed), "--data.init_args.seed", str(run.seed),
-            "--trainer.logger.init_args.save_dir", str(results), "--trainer.logger.init_args.name", run.task,
+            "--trainer.logger.init_args.save_dir", str(results / run.task), "--trainer.logger.init_args.name", "runs",
             "--trainer.logger.init_args.version", run.name, "--trainer.enable_progress_bar", "false"]
     if scale == "cpu":
         args += ["--trainer.max_steps", str(budget.steps), "--trainer.val_check_interval", str(budget.val_every),
@@ -43,11 +70,32 @@ def cli_args(run: Run, scale: str, quick: bool, results: Path, data: str | None)
                  "--data.init_args.batch_size", str(budget.batch_size),
                  "--model.init_args.optim.warmup_steps", str(max(1, budget.steps // 10)),
                  "--model.init_args.log_connections_every_n_steps", str(max(budget.steps // 2, 1))]
+    for key, value in run.knobs:
+        args += [KNOBS[key][run.task], f"{value:g}"]
     if quick and run.task == "lm":
         args += ["--data.init_args.source", str(quick_corpus())]
     if data is not None:
         args += ["--data.init_args.source" if run.task == "lm" else "--data.init_args.root", data]
     return args + list(budget.overrides)
+
+
+def fingerprint(args: list[str], results: Path) -> str:
+    """A hash of a run's arguments with this checkout's and the results' locations taken out, so the same run
+    has the same fingerprint in any clone."""
+    portable = [a.replace(str(results), "<results>").replace(str(ROOT), "<root>") for a in args]
+    return hashlib.sha1(json.dumps(portable).encode()).hexdigest()[:12]
+
+
+def check_folder(run_dir: Path, print_: str) -> None:
+    """Refuse a folder that holds a run of another configuration: its events would be merged into this run's."""
+    for name in ("run.json", "done.json"):
+        path = run_dir / name
+        if path.is_file():
+            found = json.loads(path.read_text()).get("fingerprint")
+            if found != print_:
+                raise ConfigMismatch(
+                    f"{run_dir} holds a run of another configuration (fingerprint {found}, this one {print_}); "
+                    "move that folder away or give this run other settings")
 
 
 def quick_corpus() -> Path:
@@ -57,7 +105,9 @@ def quick_corpus() -> Path:
     return stdlib_root() / "email"
 
 
-def run_one(run: Run, args: list[str], run_dir: Path, in_process: bool) -> None:
+def run_one(run: Run, args: list[str], run_dir: Path, in_process: bool, record: dict) -> None:
+    """Train one run and write its done.json; `record` (fingerprint, provenance) goes into run.json first."""
+    write_atomic(run_dir / "run.json", json.dumps({"run": vars(run), "name": run.name, **record}, indent=1) + "\n")
     resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
     if resume:
         args = args + ["--ckpt_path", "last"]
@@ -73,8 +123,8 @@ def run_one(run: Run, args: list[str], run_dir: Path, in_process: bool) -> None:
         subprocess.run([sys.executable, "-m", "lit_hc", *args], cwd=ROOT, check=True)
         measure = {}
     metrics = read_run_metrics(run_dir, run.task)
-    write_atomic(run_dir / "done.json", json.dumps({"run": vars(run), "args": args, "resumed": resume,
-                                                   **measure, **metrics}, indent=1) + "\n")
+    write_atomic(run_dir / "done.json", json.dumps({"run": vars(run), "name": run.name, **record, "args": args,
+                                                   "resumed": resume, **measure, **metrics}, indent=1) + "\n")
 
 
 def _measure(cli) -> dict:
@@ -94,34 +144,47 @@ def _measure(cli) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", choices=["main", "depth"], default="main")
     parser.add_argument("--task", choices=["lm", "vit", "all"], default="all")
     parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="a few steps per run, tiny models (tests)")
-    parser.add_argument("--seeds", type=int, default=None, help="raise every variant to this many seeds")
+    parser.add_argument("--seeds", type=int, default=None, help="raise every variant of the main grid to this many seeds")
     parser.add_argument("--results", default=None,
                         help="results root (default: results; runs/quick for --quick; results/paper for --scale paper)")
     parser.add_argument("--data", default=None, help="data path for --scale paper (shards folder or ImageNet root)")
-    parser.add_argument("--ablations", action="store_true", help="add the opt-in ablation runs (grids.ABLATIONS)")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (then summarize)")
+    parser.add_argument("--allow-mixed-code", action="store_true",
+                        help="let a table combine runs made by different code versions (they are marked)")
     a = parser.parse_args(argv)
     if a.scale == "paper" and a.data is None:
         parser.error("--scale paper needs --data: the tokenized shards (lm) or the ImageNet root (vit)")
     results = Path(a.results or ("runs/quick" if a.quick else "results/paper" if a.scale == "paper" else "results"))
     command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
-    tasks = ["lm", "vit"] if a.task == "all" else [a.task]
-    runs = [r for t in tasks for r in grid_runs(t, a.seeds, a.ablations)]
-    todo = [r for r in runs if not (results / r.task / r.name / "done.json").is_file()]
-    print(f"reproduce: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run"
-          + (f" (paper scale: about {sum(PAPER_GPU_HOURS[t] for t in tasks)} GPU-hours per seed-variant)"
+    chosen = studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick, a.seeds)
+    runs = list(dict.fromkeys(r for study in chosen for r in study.runs))
+    origin = provenance()
+    plan = []
+    for r in runs:
+        args = cli_args(r, next(s for s in chosen if r in s.runs), a.scale, a.quick, results, a.data)
+        plan.append((r, args, fingerprint(args, results)))
+    try:
+        for r, _, print_ in plan:
+            check_folder(results / r.task / "runs" / r.name, print_)
+    except ConfigMismatch as e:
+        sys.exit(f"reproduce: error: {e}")
+    todo = [p for p in plan if not (results / p[0].task / "runs" / p[0].name / "done.json").is_file()]
+    print(f"reproduce: {a.study}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run "
+          f"(commit {origin['commit'][:10]}{', uncommitted changes' if origin['dirty'] else ''})"
+          + (f" (paper scale: about {sum(PAPER_GPU_HOURS[s.task] for s in chosen)} GPU-hours per seed-variant)"
              if a.scale == "paper" else ""), flush=True)
     started, finished = time.time(), 0
-    for i, run in enumerate(todo[: a.max_runs]):
+    for i, (run, args, print_) in enumerate(todo[: a.max_runs]):
         elapsed = time.time() - started
         eta = f", ETA {elapsed / finished * (len(todo) - finished) / 60:.0f} min" if finished else ""
         print(f"[{i + 1}/{len(todo)}] {run.task} {run.name} (elapsed {elapsed / 60:.1f} min{eta})", flush=True)
-        args = cli_args(run, a.scale, a.quick, results, a.data)
+        record = {"fingerprint": print_, **origin, "study": a.study}
         try:
-            run_one(run, args, results / run.task / run.name, in_process=a.scale == "cpu")
+            run_one(run, args, results / run.task / "runs" / run.name, in_process=a.scale == "cpu", record=record)
         except BAD_INPUT as e:  # the same one line `lit-hc` prints; finished runs stay as they are
             sys.exit(f"reproduce: {run.task} {run.name}: error: {describe(e)}")
         except SIGTERMException as e:  # SIGTERM or Ctrl-C inside a run: it saved last.ckpt and resumes from it
@@ -133,8 +196,11 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"reproduce: {run.task} {run.name} failed (exit {e.returncode}); finished runs are kept, "
                      "run the same command again to continue")
         finished += 1
-    for task in tasks:
-        summarize_task(results / task, task, command.strip())
+    try:
+        for study in chosen:
+            summarize_study(results, study, command.strip(), allow_mixed=a.allow_mixed_code)
+    except ValueError as e:  # runs of different code in one table
+        sys.exit(f"reproduce: error: {e}")
     print(f"reproduce: done in {(time.time() - started) / 60:.1f} min; tables and plots in {results}/", flush=True)
 
 

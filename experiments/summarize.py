@@ -1,7 +1,8 @@
-"""Tables and plots of a grid from its run folders: results/<task>/summary.{csv,md}, val_curves.png,
-connections.png, gains.png. Every number is read from the runs' TensorBoard events and done.json files.
+"""Tables and plots of a study from its run folders, into results/<task>/<study>/: summary.{csv,md} and plots.
+Every number is read from the runs' TensorBoard events and done.json files.
 
-    python -m experiments.summarize results/lm lm
+    python -m experiments.summarize depth          # results/lm/depth/ from results/lm/runs/
+    python -m experiments.summarize main --task lm
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import yaml
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments.grids import ABLATIONS, GRIDS, PAPER
+from experiments.grids import PAPER, VARIANTS, Study, studies
+from experiments.stats import Paired, mean_std, paired
 from lit_hc.analysis import unrolled_connections
 from lit_hc.io import write_atomic
 from lit_hc.plots import unrolled_connections_figure
@@ -67,17 +69,28 @@ def read_run_metrics(run_dir: Path, task: str) -> dict:
             "steps": max(s[metric]) + 1}
 
 
-def _load_runs(task_dir: Path) -> dict[str, list[dict]]:
+def label(run: dict, study: Study) -> str:
+    """A run's row in a table: its variant and the knobs in which it differs from the study's base settings."""
+    knobs = [(k, v) for k, v in run["run"]["knobs"] if study.base_knobs.get(k) != v]
+    return "-".join([run["run"]["variant"], *(f"{k}{v:g}" for k, v in knobs)])
+
+
+def load_study(results: Path, study: Study, allow_mixed: bool = False) -> dict[str, list[dict]]:
+    """label -> finished runs (done.json, plus 'seed'), in the study's order; runs not finished yet are left out.
+
+    Runs made by different code (the `code` hash in done.json) are refused in one table unless allow_mixed."""
     runs: dict[str, list[dict]] = {}
-    for path in sorted(task_dir.glob("*/done.json")):
-        done = json.loads(path.read_text())
-        runs.setdefault(done["run"]["variant"], []).append(done)
-    order = list(GRIDS.get(task_dir.name, {})) + list(ABLATIONS.get(task_dir.name, {}))
-    return dict(sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+    for r in study.runs:
+        path = results / r.task / "runs" / r.name / "done.json"
+        if path.is_file():
+            done = json.loads(path.read_text())
+            runs.setdefault(label(done, study), []).append(done | {"seed": r.seed})
+    codes = {d.get("code", "unknown") for rs in runs.values() for d in rs}
+    if len(codes) > 1 and not allow_mixed:
+        raise ValueError(f"the {study.task} {study.name} study has runs of {len(codes)} code versions "
+                         f"({', '.join(sorted(codes))}); rerun them with one version, or pass --allow-mixed-code to "
+                         "mark them in the table")
+    return runs
 
 
 def _mean_curve(runs: list[dict]) -> list[tuple[float, float]]:
@@ -95,9 +108,26 @@ def units_to_reach(curve: list[tuple[float, float]], target: float) -> float | N
     return None
 
 
-def summary_rows(task: str, runs: dict[str, list[dict]]) -> list[dict]:
+def _finals(rs: list[dict], task: str) -> dict[int, float]:
+    """{seed: the study's headline metric}: final val loss (LM) or top-1 % (ViT)."""
+    return {r["seed"]: (r["final"]["val_loss"] if task == "lm" else 100 * r["final"]["val_acc1"]) for r in rs}
+
+
+def paired_columns(rs: list[dict], base: list[dict] | None, task: str, seeds: tuple[int, ...]) -> dict:
+    """The paired difference to the baseline over `seeds` (those both have), flattened for a table row."""
+    if not base or not seeds:
+        return {}
+    pick = lambda runs: {k: v for k, v in _finals(runs, task).items() if k in seeds}  # noqa: E731
+    d = paired(pick(rs), pick(base), lower_is_better=task == "lm")
+    if d is None:
+        return {}
+    return {"n": d.n, "delta": d.mean, "delta_std": d.std, "ci_lo": d.ci[0] if d.ci else None,
+            "ci_hi": d.ci[1] if d.ci else None, "wins": d.wins}
+
+
+def summary_rows(task: str, runs: dict[str, list[dict]], study: Study | None = None) -> list[dict]:
     base = runs.get("residual")
-    base_loss = _mean_std([r["final"]["val_loss"] for r in base])[0] if base else None
+    base_loss = mean_std([r["final"]["val_loss"] for r in base])[0] if base else None
     base_curve = _mean_curve(base) if base else None
     base_units = units_to_reach(base_curve, base_loss) if base else None
     base_params = base[0].get("params") if base else None
@@ -106,7 +136,7 @@ def summary_rows(task: str, runs: dict[str, list[dict]]) -> list[dict]:
     base_act = base[0].get("saved_activation_bytes") if base else None
     rows = []
     for variant, rs in runs.items():
-        loss, loss_sd = _mean_std([r["final"]["val_loss"] for r in rs])
+        loss, loss_sd = mean_std([r["final"]["val_loss"] for r in rs])
         row = {"variant": variant, "seeds": len(rs), "params": rs[0].get("params"),
                "params_delta": (rs[0]["params"] - base_params) if base_params and rs[0].get("params") else None,
                "val_loss": loss, "val_loss_std": loss_sd,
@@ -114,7 +144,7 @@ def summary_rows(task: str, runs: dict[str, list[dict]]) -> list[dict]:
         if task == "lm":
             row["val_ppl"] = statistics.mean(r["final"]["val_ppl"] for r in rs)
         else:
-            acc1, acc1_sd = _mean_std([100 * r["final"]["val_acc1"] for r in rs])
+            acc1, acc1_sd = mean_std([100 * r["final"]["val_acc1"] for r in rs])
             row |= {"top1": acc1, "top1_std": acc1_sd, "top5": statistics.mean(100 * r["final"]["val_acc5"] for r in rs)}
             if base:
                 row["top1_delta"] = acc1 - statistics.mean(100 * r["final"]["val_acc1"] for r in base)
@@ -125,6 +155,10 @@ def summary_rows(task: str, runs: dict[str, list[dict]]) -> list[dict]:
         row["step_time_ratio"] = statistics.mean(times) / base_time if times and base_time else None
         row["saved_activations_ratio"] = (rs[0]["saved_activation_bytes"] / base_act
                                           if base_act and rs[0].get("saved_activation_bytes") else None)
+        if study is not None and variant != "residual":
+            for part, seeds in (("choice", study.choice_seeds), ("confirm", study.confirm_seeds)):
+                row |= {f"{part}_{k}": v for k, v in paired_columns(rs, base, task, seeds).items()}
+        row["code"] = ",".join(sorted({r.get("code", "unknown") for r in rs}))
         paper = PAPER[task].get(variant)
         row["paper"] = paper
         base_paper = PAPER[task].get("residual")
@@ -145,25 +179,36 @@ def _pm(mean: float, std: float | None, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
 
 
+def paired_cell(row: dict, part: str, digits: int = 3) -> str:
+    """'−0.054 [−0.101, −0.007], 3/3': mean paired difference, its 95% t-interval, seeds where the variant wins."""
+    if f"{part}_delta" not in row:
+        return "—"
+    ci = (f" [{row[f'{part}_ci_lo']:+.{digits}f}, {row[f'{part}_ci_hi']:+.{digits}f}]"
+          if row.get(f"{part}_ci_lo") is not None else "")
+    return f"{row[f'{part}_delta']:+.{digits}f}{ci}, {row[f'{part}_wins']}/{row[f'{part}_n']}"
+
+
 def markdown(task: str, rows: list[dict], command: str) -> str:
     unit = UNIT[task]
     if task == "lm":
-        head = ("| variant | seeds | params | Δ params | val loss (nats/byte) | Δ vs residual | val ppl | tokens to "
+        head = ("| variant | seeds | params | Δ params | val loss (nats/byte) | paired Δ [95% CI], wins: choice seeds | "
+                "confirmation seeds | val ppl | tokens to "
                 "residual's final loss | speed-up | step time × | saved activations × | paper: OLMo-1B loss | paper Δ |")
-        lines = [head, "|" + "---|" * 13]
+        lines = [head, "|" + "---|" * 14]
         for r in rows:
             lines.append(f"| {r['variant']} | {r['seeds']} | {_fmt(r['params'])} | {_fmt(r['params_delta'], sign=True)} | "
-                         f"{_pm(r['val_loss'], r['val_loss_std'])} | {_fmt(r['val_loss_delta'], sign=True)} | "
+                         f"{_pm(r['val_loss'], r['val_loss_std'])} | {paired_cell(r, 'choice')} | {paired_cell(r, 'confirm')} | "
                          f"{_fmt(r['val_ppl'])} | {_fmt(r[f'{unit}_to_baseline_loss'], 0)} | "
                          f"{_fmt(r['speedup_to_baseline_loss'], 2)} | {_fmt(r['step_time_ratio'], 2)} | "
                          f"{_fmt(r['saved_activations_ratio'], 2)} | {_fmt(r['paper'])} | {_fmt(r['paper_delta'], sign=True)} |")
     else:
-        head = ("| variant | seeds | params | Δ params | top-1 % | Δ top-1 | top-5 % | val loss | images to residual's "
+        head = ("| variant | seeds | params | Δ params | top-1 % | paired Δ top-1 [95% CI], wins: choice seeds | "
+                "confirmation seeds | top-5 % | val loss | images to residual's "
                 "final loss | speed-up | step time × | saved activations × | paper: ViT-B top-1 | paper Δ |")
-        lines = [head, "|" + "---|" * 14]
+        lines = [head, "|" + "---|" * 15]
         for r in rows:
             lines.append(f"| {r['variant']} | {r['seeds']} | {_fmt(r['params'])} | {_fmt(r['params_delta'], sign=True)} | "
-                         f"{_pm(r['top1'], r['top1_std'], 1)} | {_fmt(r.get('top1_delta'), 1, sign=True)} | "
+                         f"{_pm(r['top1'], r['top1_std'], 1)} | {paired_cell(r, 'choice', 2)} | {paired_cell(r, 'confirm', 2)} | "
                          f"{_fmt(r['top5'], 1)} | {_pm(r['val_loss'], r['val_loss_std'])} | "
                          f"{_fmt(r[f'{unit}_to_baseline_loss'], 0)} | {_fmt(r['speedup_to_baseline_loss'], 2)} | "
                          f"{_fmt(r['step_time_ratio'], 2)} | {_fmt(r['saved_activations_ratio'], 2)} | "
@@ -174,7 +219,9 @@ def markdown(task: str, rows: list[dict], command: str) -> str:
         f"# {task.upper()} grid summary", "",
         f"Tables and plots written by `{command}` from the run folders beside this file ({machine}); "
         "each run's own command is in its done.json.",
-        "Mean ± sample std over seeds where a variant has several. Δ is against the residual baseline's mean. "
+        "Mean ± sample std over seeds where a variant has several. Paired Δ = variant − residual per seed (same "
+        "data order and non-HC init), its mean, 95% t-interval and the seeds where the variant is better; "
+        "choice seeds chose the settings, confirmation seeds never did. "
         "Step time and saved activations are ratios to the residual baseline measured in the same grid; "
         "'speed-up' = the baseline's " + unit + " to reach its own final validation loss / this variant's "
         "(interpolated between evaluations; — if never reached). The paper's column is its number at full scale "
@@ -223,27 +270,164 @@ def gains_figure(runs: dict[str, list[dict]]) -> Figure:
     return fig
 
 
-def summarize_task(task_dir: Path, task: str, command: str | None = None) -> list[dict]:
-    runs = _load_runs(task_dir)
-    if not runs:
-        return []
-    command = command or "make reproduce" + (f" TASK={task}" if task else "")
-    rows = summary_rows(task, runs)
+def _write_table(out: Path, rows: list[dict], md: str) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(task_dir / "summary.csv", buffer.getvalue())
-    write_atomic(task_dir / "summary.md", markdown(task, rows, command))
-    write_atomic(task_dir / "val_curves.png", _png(val_curves_figure(task, runs)))
-    write_atomic(task_dir / "gains.png", _png(gains_figure(runs)))
+    write_atomic(out / "summary.csv", buffer.getvalue())
+    write_atomic(out / "summary.md", md)
+
+
+def provenance_lines(runs: dict[str, list[dict]]) -> list[str]:
+    """Which commits made the runs of a table, and whether any had uncommitted changes."""
+    done = [r for rs in runs.values() for r in rs]
+    commits = sorted({(r.get("commit", "unknown")[:10], r.get("code", "unknown")) for r in done})
+    dirty = sum(bool(r.get("dirty", True)) for r in done)
+    text = "; ".join(f"commit {c} (code {h})" for c, h in commits)
+    return [f"Runs made by {text}" + (f"; {dirty} of {len(done)} with uncommitted changes." if dirty else
+                                      "; no run had uncommitted changes.")]
+
+
+def summarize_grid(results: Path, study: Study, runs: dict[str, list[dict]], command: str) -> list[dict]:
+    task, out = study.task, results / study.task / study.name
+    rows = summary_rows(task, runs, study)
+    md = markdown(task, rows, command).replace(f"# {task.upper()} grid summary",
+                                                f"# {task.upper()} {study.name}: {study.about}")
+    _write_table(out, rows, md + "\n" + "\n".join(provenance_lines(runs)) + "\n")
+    write_atomic(out / "val_curves.png", _png(val_curves_figure(task, runs)))
+    write_atomic(out / "gains.png", _png(gains_figure(runs)))
     for variant in ("dhc4", "mhc4", "shc4", "shc2"):
         if variant in runs and runs[variant][0].get("connection_matrices"):
             weights = unrolled_connections(torch.tensor(runs[variant][0]["connection_matrices"]))
-            fig = unrolled_connections_figure(weights, f"{task.upper()} {variant}, seed 0: unrolled connections (Fig. 7 view)")
-            write_atomic(task_dir / f"connections_{variant}.png", _png(fig))
+            fig = unrolled_connections_figure(weights, f"{task.upper()} {variant}, seed {runs[variant][0]['seed']}: "
+                                              "unrolled connections (Fig. 7 view)")
+            write_atomic(out / f"connections_{variant}.png", _png(fig))
     return rows
 
 
+def depth_rows(study: Study, results: Path) -> list[dict]:
+    """One row per depth: both arms' final val loss over seeds and their paired difference."""
+    by_depth: dict[int, dict[str, list[dict]]] = {}
+    for r in study.runs:
+        path = results / r.task / "runs" / r.name / "done.json"
+        if path.is_file():
+            by_depth.setdefault(r.knob("L"), {}).setdefault(r.variant, []).append(json.loads(path.read_text()) | {"seed": r.seed})
+    rows = []
+    for depth, arms in sorted(by_depth.items()):
+        base, hc = arms.get("residual", []), arms.get("dhc4", [])
+        row: dict = {"depth": depth}
+        for name, rs in (("residual", base), ("dhc4", hc)):
+            if rs:
+                m, sd = mean_std([r["final"]["val_loss"] for r in rs])
+                row |= {f"{name}_seeds": len(rs), f"{name}_loss": m, f"{name}_std": sd, f"{name}_params": rs[0].get("params")}
+                times = [r["step_time_s"] for r in rs if r.get("step_time_s")]
+                row[f"{name}_step_s"] = statistics.fmean(times) if times else None
+        row |= paired_columns(hc, base, "lm", study.seeds)
+        d = paired(_finals(hc, "lm"), _finals(base, "lm"))
+        row["diffs"] = json.dumps([round(x, 6) for x in d.diffs] if d else [])
+        if row.get("residual_step_s") and row.get("dhc4_step_s"):
+            row["step_time_ratio"] = row["dhc4_step_s"] / row["residual_step_s"]
+        rows.append(row)
+    return rows
+
+
+def _ci(row: dict, digits: int = 3) -> str:
+    return f"[{row['ci_lo']:+.{digits}f}, {row['ci_hi']:+.{digits}f}]" if row.get("ci_lo") is not None else "—"
+
+
+def _wins(row: dict) -> str:
+    return f"{row['wins']}/{row['n']}" if "n" in row else "—"
+
+
+def depth_markdown(study: Study, rows: list[dict], command: str, provenance: list[str]) -> str:
+    lines = ["| depth L | params residual | Δ params DHC x4 | residual val loss | DHC x4 val loss | "
+             "paired Δ ± std | 95% CI | DHC x4 better | step time × |", "|" + "---|" * 9]
+    for r in rows:
+        dp = (r["dhc4_params"] - r["residual_params"]) if r.get("dhc4_params") and r.get("residual_params") else None
+        lines.append(
+            f"| {r['depth']} | {_fmt(r.get('residual_params'))} | {_fmt(dp, sign=True)} | "
+            f"{_pm(r['residual_loss'], r['residual_std']) if 'residual_loss' in r else '—'} | "
+            f"{_pm(r['dhc4_loss'], r['dhc4_std']) if 'dhc4_loss' in r else '—'} | "
+            f"{_pm(r['delta'], r['delta_std']) if 'delta' in r else '—'} | "
+            f"{_ci(r)} | {_wins(r)} | {_fmt(r.get('step_time_ratio'), 2)} |")
+    b = study.budget
+    return "\n".join([
+        f"# LM depth study: {study.about}", "",
+        f"Written by `{command}` from the runs in results/lm/runs/ (each run's command is in its done.json). "
+        f"Byte-level GPT on the Python standard library, width {study.base_knobs.get('d')}, 4 heads, context 128, "
+        f"{b.steps} steps x {b.batch_size} windows = {b.units(128):,} tokens per run, AdamW lr "
+        f"{study.base_knobs.get('lr'):g}, warmup {max(1, b.steps // 10)} steps then cosine to 0.1x; seeds {list(study.seeds)} "
+        "(the seeds the main grid's depth was chosen on).",
+        "Paired Δ = DHC x4 − residual per seed (same data order and non-HC init); mean ± sample std, 95% "
+        "t-interval, and the seeds where DHC x4 has the lower loss. Step time × = DHC x4 / residual, medians of "
+        "the logged step times on this 2-core CPU.", "", *lines, "", *provenance, ""])
+
+
+def depth_figure(rows: list[dict]) -> Figure:
+    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2)
+    done = [r for r in rows if "delta" in r]
+    depths = [r["depth"] for r in done]
+    means = [r["delta"] for r in done]
+    lo = [r["delta"] - r["ci_lo"] if r.get("ci_lo") is not None else 0 for r in done]
+    hi = [r["ci_hi"] - r["delta"] if r.get("ci_hi") is not None else 0 for r in done]
+    ax.errorbar(depths, means, yerr=[lo, hi], marker="o", capsize=4, color="C1", label="mean, 95% t-interval")
+    for r in done:
+        ax.scatter([r["depth"]] * r["n"], json.loads(r["diffs"]), s=10, color="gray", zorder=3)
+    ax.axhline(0.0, color="gray", lw=0.8, ls="--")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.set_xlabel("depth L (blocks)")
+    ax.set_ylabel("val loss: DHC x4 − residual (nats/byte)")
+    ax.set_title("Paired difference per seed (gray) and mean")
+    ax.legend(fontsize=8)
+    for name, color in (("residual", "C0"), ("dhc4", "C1")):
+        pts = [(r["depth"], r[f"{name}_loss"], r[f"{name}_std"] or 0) for r in rows if f"{name}_loss" in r]
+        if pts:
+            d, m, sd = zip(*pts)
+            ax2.errorbar(d, m, yerr=sd, marker="o", capsize=3, color=color, label="DHC x4" if name == "dhc4" else name)
+    ax2.set_xscale("log", base=2)
+    ax2.set_xticks(depths, [str(d) for d in depths])
+    ax2.set_xlabel("depth L (blocks)")
+    ax2.set_ylabel("final val loss (mean ± std)")
+    ax2.set_title("Both arms, equal tokens")
+    ax2.legend(fontsize=8)
+    return fig
+
+
+def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool = False) -> list[dict]:
+    runs = load_study(results, study, allow_mixed)  # checks that one code version made them
+    rows = depth_rows(study, results)
+    if not rows:
+        return []
+    out = results / "lm" / study.name
+    _write_table(out, rows, depth_markdown(study, rows, command, provenance_lines(runs)))
+    write_atomic(out / "depth.png", _png(depth_figure(rows)))
+    return rows
+
+
+def summarize_study(results: Path, study: Study, command: str, allow_mixed: bool = False) -> list[dict]:
+    """Write a study's tables and plots into results/<task>/<study>/ (nothing if none of its runs finished)."""
+    if study.name == "depth":
+        return summarize_depth(results, study, command, allow_mixed)
+    runs = load_study(results, study, allow_mixed)
+    return summarize_grid(results, study, runs, command) if runs else []
+
+
 if __name__ == "__main__":
-    summarize_task(Path(sys.argv[1]), sys.argv[2], "python -m experiments.summarize " + " ".join(sys.argv[1:]))
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=["main", "depth"])
+    parser.add_argument("--task", choices=["lm", "vit", "all"], default="all")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--allow-mixed-code", action="store_true")
+    a = parser.parse_args()
+    command = "python -m experiments.summarize " + " ".join(sys.argv[1:])
+    try:
+        for study in studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick):
+            summarize_study(Path(a.results), study, command, a.allow_mixed_code)
+    except ValueError as e:
+        sys.exit(f"summarize: error: {e}")

@@ -42,10 +42,11 @@ class HCConfig:
     """HC only, paper Table 3 ablation: keep the width connections (static_alpha, W_alpha) at their init."""
     freeze_beta: bool = False
     """HC only, paper Table 3 ablation: keep the depth weights B (static_beta, W_beta) at their init."""
-    output_init_scale: Literal["auto", "none", "divide", "multiply"] = "auto"
+    output_init_scale: Literal["auto", "none", "divide", "multiply"] | float = "auto"
     """sqrt(n) scaling of the init std of every sub-layer's output projection (paper Sec. 4). The paper does
     not say which direction; 'divide' is our reading (each branch output is added into n summed streams).
-    'auto' = 'divide' for hc/mhc and 'none' for the residual baseline."""
+    'auto' = 'divide' for hc/mhc and 'none' for the residual baseline. A positive number is an explicit
+    multiplier, e.g. 0.5 gives the residual baseline the init that 'divide' gives HC at n = 4 (a control)."""
     sinkhorn_iters: int = 20
     """mHC only: Sinkhorn-Knopp iterations that project H_res onto doubly stochastic matrices."""
 
@@ -59,30 +60,35 @@ class HCConfig:
                 f"HCConfig.expansion_rate={self.expansion_rate} must be 1 for kind='residual' "
                 "(use kind='hc' or 'mhc' for several streams)"
             )
-        if self.output_init_scale not in OUTPUT_INIT_SCALES:
-            raise ValueError(
-                f"HCConfig.output_init_scale={self.output_init_scale!r} is not one of {OUTPUT_INIT_SCALES}"
-            )
+        scale = self.output_init_scale
+        if isinstance(scale, bool) or (scale not in OUTPUT_INIT_SCALES
+                                       and not (isinstance(scale, (int, float)) and scale > 0)):
+            raise ValueError(f"HCConfig.output_init_scale={scale!r} is not one of {OUTPUT_INIT_SCALES} "
+                             "or a positive multiplier")
         if not isinstance(self.sinkhorn_iters, int) or self.sinkhorn_iters < 1:
             raise ValueError(f"HCConfig.sinkhorn_iters={self.sinkhorn_iters!r} must be an integer >= 1")
 
     @property
     def name(self) -> str:
         """Short run name in the paper's notation: residual, shc4, dhc4, dhc4-notanh, mhc4."""
-        if self.kind == "residual":
-            return "residual"
+        init = self.output_init_scale
+        default = ("auto", "none") if self.kind == "residual" else ("auto", "divide")
+        init_suffix = f"-init-{init}" if init not in default else ""
         n = self.expansion_rate
+        if self.kind == "residual":
+            return "residual" + init_suffix
         if self.kind == "mhc":
-            return f"mhc{n}" + (f"-init-{self.output_init_scale}" if self.output_init_scale not in ("auto", "divide") else "")
+            return f"mhc{n}" + init_suffix
         base = f"dhc{n}" if self.dynamic else f"shc{n}"
         suffix = "-notanh" if self.dynamic and not self.use_tanh else ""
         suffix += ("-frozenwidth" if self.freeze_width else "") + ("-frozenbeta" if self.freeze_beta else "")
-        init = self.output_init_scale
-        return base + suffix + (f"-init-{init}" if init not in ("auto", "divide") else "")
+        return base + suffix + init_suffix
 
     def output_init_factor(self) -> float:
         """Multiplier on the init std of sub-layer output projections."""
         mode = self.output_init_scale
+        if not isinstance(mode, str):
+            return float(mode)
         if mode == "auto":
             mode = "none" if self.kind == "residual" else "divide"
         root_n = math.sqrt(self.expansion_rate)

@@ -107,11 +107,17 @@ def test_sqrt_n_output_init_switch():
     assert stds["divide"] == pytest.approx(stds["none"] / 2, rel=0.02)
     assert stds["multiply"] == pytest.approx(stds["none"] * 2, rel=0.02)
     assert HCConfig().output_init_factor() == 1.0 and HCConfig("hc", 4).output_init_factor() == 0.5
+    # The init-confound control: the baseline with an explicit multiplier gets DHC x4's output-projection init.
+    torch.manual_seed(0)
+    control = GPT(GPTConfig(**{**GPT_SMALL, "n_embd": 256}, hc=HCConfig(output_init_scale=0.5)))
+    assert control.blocks[0].attn.proj.weight.std().item() == pytest.approx(stds["divide"], rel=0.02)
+    assert HCConfig(output_init_scale=0.5).name == "residual-init-0.5" and HCConfig().name == "residual"
 
 
 @pytest.mark.parametrize("bad,field", [
     (dict(kind="dense"), "kind"), (dict(kind="hc", expansion_rate=0), "expansion_rate"),
     (dict(expansion_rate=4), "expansion_rate"), (dict(output_init_scale="up"), "output_init_scale"),
+    (dict(output_init_scale=-0.5), "output_init_scale"), (dict(output_init_scale=True), "output_init_scale"),
     (dict(kind="mhc", expansion_rate=2, sinkhorn_iters=0), "sinkhorn_iters"),
 ])
 def test_hcconfig_rejects_bad_values(bad, field):
