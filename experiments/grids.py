@@ -23,6 +23,8 @@ KNOBS: dict[str, dict[str, str]] = {
     "L": {"lm": "--model.init_args.arch.n_layer", "vit": "--model.init_args.arch.depth"},
     "d": {"lm": "--model.init_args.arch.n_embd", "vit": "--model.init_args.arch.dim"},
     "lr": {"lm": "--model.init_args.optim.lr", "vit": "--model.init_args.optim.lr"},
+    # a longer run with the same warmup; the cosine stretches to the new end (the equal-wall-clock control)
+    "steps": {"lm": "--trainer.max_steps", "vit": "--trainer.max_steps"},
 }
 
 
@@ -117,6 +119,35 @@ def depth_study(quick: bool = False) -> Study:
                        f"{width}, equal tokens", base_knobs={"d": width, "lr": LM_LR})
 
 
+# The depth the LM main grid and its controls run at, chosen from the depth study on seeds 0-2 (results/lm/depth).
+LM_MAIN_DEPTH = 16
+# DHC x4's step time over the baseline's at LM_MAIN_DEPTH in the depth study (seeds 0-2, this CPU): the
+# equal-wall-clock control gives the baseline this many times the steps.
+LM_TIME_RATIO = 1.6
+
+
+def controls_study(quick: bool = False) -> Study:
+    """The controls a reviewer asks for, at the main grid's depth, each paired by seed with the baseline there:
+
+    - learning rate: residual and DHC x4 at 0.5x and 2x the grid's LR (seeds 0-1), beside 1x (seeds 0-2);
+    - output-init confound: the baseline with DHC x4's halved output-projection init; DHC x4 without it;
+    - parameters: the baseline one block deeper, more parameters than DHC x4 adds;
+    - cost: the baseline trained LM_TIME_RATIO times as many steps, i.e. for DHC x4's wall-clock time.
+    """
+    L, width, seeds = (2, 32, (0, 1)) if quick else (LM_MAIN_DEPTH, LM_WIDTH, (0, 1, 2))
+    steps = (QUICK_BUDGET if quick else {"lm": LM_BUDGET})["lm"].steps
+    base = dict(L=L, d=width, lr=LM_LR)
+    runs = [run("lm", v, s, **base) for s in seeds for v in ("residual", "dhc4")]
+    runs += [run("lm", v, s, **(base | {"lr": LM_LR * f})) for f in (0.5, 2.0) for s in seeds[:2]
+             for v in ("residual", "dhc4")]
+    runs += [run("lm", v, s, **base) for s in seeds for v in ("residual-init-0.5", "dhc4-init-none")]
+    runs += [run("lm", "residual", s, **(base | {"L": L + 1})) for s in seeds]
+    runs += [run("lm", "residual", s, **(base | {"steps": round(steps * LM_TIME_RATIO)})) for s in seeds]
+    return Study("controls", "lm", QUICK_BUDGET["lm"] if quick else LM_BUDGET, tuple(runs), choice_seeds=seeds,
+                 about=f"controls at depth {L}, width {width}: learning rate, output init, parameters, wall-clock",
+                 base_knobs=base)
+
+
 # The main grids of the earlier CPU reproduction (4 layers x d=128). Kept as `make reproduce` until the
 # deep-and-narrow grid chosen from the depth study replaces them.
 LEGACY_GRIDS: dict[str, dict[str, int]] = {
@@ -135,10 +166,10 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
     runs = tuple(run(task, v, s, **knobs) for s in range(max(counts.values())) for v, n in counts.items() if s < n)
     budget = QUICK_BUDGET[task] if quick else LEGACY_BUDGETS[task]
     return Study("main", task, budget, runs, choice_seeds=tuple(range(max(counts.values()))),
-                 about="every residual variant against the baseline, paired by seed")
+                 about="every residual variant against the baseline, paired by seed", base_knobs=knobs)
 
 
-STUDIES = {"main": main_study, "depth": depth_study}
+STUDIES = {"main": main_study, "depth": depth_study, "controls": controls_study}
 
 
 def studies(name: str, tasks: list[str], quick: bool = False, seeds: int | None = None) -> list[Study]:

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.grids import BASE_CONFIGS, KNOBS, PAPER_GPU_HOURS, Run, Study, studies
+from experiments.grids import BASE_CONFIGS, KNOBS, PAPER_GPU_HOURS, STUDIES, Run, Study, studies
 from experiments.summarize import read_run_metrics, summarize_study
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -31,29 +31,37 @@ from lit_hc.cli import BAD_INPUT, describe
 from lit_hc.io import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-# What decides a run's numbers; a change anywhere else (docs, summaries, tests) leaves finished runs valid.
-CODE_PATHS = ("lit_hc", "configs", "experiments/grids.py", "experiments/reproduce.py", "pyproject.toml", "uv.lock")
+# The code that decides a run's numbers once its arguments are fixed (the arguments are fingerprinted apart): a
+# change anywhere else (the runner, the study definitions, docs, summaries, tests) leaves finished runs valid.
+CODE_PATHS = ("lit_hc", "configs", "pyproject.toml", "uv.lock")
 
 
 class ConfigMismatch(ValueError):
     """A run folder holds a run of another configuration."""
 
 
-def provenance() -> dict:
-    """The commit the runner's code comes from, whether that code had uncommitted changes, and a hash of the
-    code that decides the numbers (git's tree ids of CODE_PATHS), so tables can tell runs of different code apart.
-    Read once when the runner starts: the runner keeps the code it imported even if the tree changes later."""
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
+def code_version(commit: str) -> str | None:
+    """A short hash of git's tree ids of CODE_PATHS at `commit`: equal for two commits whose model, training
+    and config code are equal. None where git cannot resolve the commit (not a checkout, a shallow clone)."""
     try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--", *CODE_PATHS))
-        trees = git("rev-parse", *(f"HEAD:{p}" for p in CODE_PATHS))
+        return hashlib.sha1(_git("rev-parse", *(f"{commit}:{p}" for p in CODE_PATHS)).encode()).hexdigest()[:12]
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def provenance() -> dict:
+    """The commit the runner's code comes from, whether CODE_PATHS had uncommitted changes, and their code version.
+    Read once when the runner starts: the runner keeps the code it imported even if the tree changes later."""
+    try:
+        commit = _git("rev-parse", "HEAD")
+        dirty = bool(_git("status", "--porcelain", "--", *CODE_PATHS))
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (an sdist, a copied folder)
         return {"commit": "unknown", "dirty": True, "code": "unknown"}
-    return {"commit": commit, "dirty": dirty, "code": hashlib.sha1(trees.encode()).hexdigest()[:12]}
+    return {"commit": commit, "dirty": dirty, "code": code_version(commit) or "unknown"}
 
 
 def cli_args(run: Run, study: Study, scale: str, quick: bool, results: Path, data: str | None) -> list[str]:
@@ -144,7 +152,7 @@ def _measure(cli) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", choices=["main", "depth"], default="main")
+    parser.add_argument("--study", choices=list(STUDIES), default="main")
     parser.add_argument("--task", choices=["lm", "vit", "all"], default="all")
     parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="a few steps per run, tiny models (tests)")

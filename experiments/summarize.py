@@ -75,6 +75,15 @@ def label(run: dict, study: Study) -> str:
     return "-".join([run["run"]["variant"], *(f"{k}{v:g}" for k, v in knobs)])
 
 
+def _code(done: dict) -> str:
+    """The run's code version, recomputed from its commit where git knows it (so a change of what counts as code
+    applies to old runs too), else the one it recorded."""
+    from experiments.reproduce import code_version
+
+    commit = done.get("commit", "unknown")
+    return (code_version(commit) if commit != "unknown" else None) or done.get("code", "unknown")
+
+
 def load_study(results: Path, study: Study, allow_mixed: bool = False) -> dict[str, list[dict]]:
     """label -> finished runs (done.json, plus 'seed'), in the study's order; runs not finished yet are left out.
 
@@ -84,8 +93,8 @@ def load_study(results: Path, study: Study, allow_mixed: bool = False) -> dict[s
         path = results / r.task / "runs" / r.name / "done.json"
         if path.is_file():
             done = json.loads(path.read_text())
-            runs.setdefault(label(done, study), []).append(done | {"seed": r.seed})
-    codes = {d.get("code", "unknown") for rs in runs.values() for d in rs}
+            runs.setdefault(label(done, study), []).append(done | {"seed": r.seed, "code": _code(done)})
+    codes = {d["code"] for rs in runs.values() for d in rs}
     if len(codes) > 1 and not allow_mixed:
         raise ValueError(f"the {study.task} {study.name} study has runs of {len(codes)} code versions "
                          f"({', '.join(sorted(codes))}); rerun them with one version, or pass --allow-mixed-code to "
@@ -419,7 +428,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["main", "depth"])
+    parser.add_argument("study", choices=["main", "depth", "controls"])
     parser.add_argument("--task", choices=["lm", "vit", "all"], default="all")
     parser.add_argument("--results", default="results")
     parser.add_argument("--quick", action="store_true")

@@ -1,14 +1,23 @@
-"""The experiment runner: the QUICK grid end to end, summaries equal to the events, resumption."""
+"""The experiment runner: the QUICK grid end to end, summaries equal to the events, resumption, run folders that
+refuse another configuration, and the pairing of runs by seed."""
 import csv
 import json
 import statistics
 
 import pytest
+import torch
 
-from experiments.grids import GRIDS, grid_runs
+from experiments.grids import LEGACY_GRIDS, depth_study, main_study, run
+from experiments.reproduce import cli_args
 from experiments.reproduce import main as reproduce
 from experiments.summarize import units_to_reach
 from helpers import scalars
+
+GRIDS = LEGACY_GRIDS
+
+
+def grid_runs(task, seeds=None):
+    return list(main_study(task, quick=True, seeds=seeds).runs)
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +34,7 @@ def _csv(path):
 def test_quick_grid_writes_tables_and_plots_equal_to_the_events(tmp_path):
     reproduce(["--quick", "--results", str(tmp_path)])
     for task, final_tag in (("lm", "val/loss"), ("vit", "val/acc1")):
-        out = tmp_path / task
+        out = tmp_path / task / "main"
         for name in ("summary.csv", "summary.md", "val_curves.png", "gains.png", "connections_dhc4.png"):
             assert (out / name).stat().st_size > 0, name
         rows = _csv(out / "summary.csv")
@@ -36,7 +45,7 @@ def test_quick_grid_writes_tables_and_plots_equal_to_the_events(tmp_path):
             assert int(row["seeds"]) == len(seeds)
             finals = []
             for run in seeds:
-                events = scalars(out / run.name)[final_tag]
+                events = scalars(tmp_path / task / "runs" / run.name)[final_tag]
                 finals.append(max(events)[1])  # value at the last step
             column, scale = ("val_loss", 1) if task == "lm" else ("top1", 100)
             assert float(row[column]) == pytest.approx(scale * statistics.mean(finals), rel=1e-6)
@@ -47,29 +56,132 @@ def test_quick_grid_writes_tables_and_plots_equal_to_the_events(tmp_path):
 
 def test_interrupted_runner_reruns_only_unfinished(tmp_path, capsys):
     reproduce(["--quick", "--task", "lm", "--results", str(tmp_path), "--max-runs", "2"])
-    done = sorted(tmp_path.glob("lm/*/done.json"))
+    done = sorted(tmp_path.glob("lm/runs/*/done.json"))
     assert len(done) == 2
     first = {p: p.stat().st_mtime_ns for p in done}
     # A run interrupted after its checkpoint was written: it must resume, not restart.
-    interrupted = tmp_path / "lm" / "dhc1-s0" / "done.json"
+    interrupted = tmp_path / "lm" / "runs" / "dhc1-L1-d32-s0" / "done.json"
     assert interrupted in first
     interrupted.unlink()
     capsys.readouterr()
     reproduce(["--quick", "--task", "lm", "--results", str(tmp_path)])
     log = capsys.readouterr().out
     assert f"{len(grid_runs('lm'))} runs, 1 already done" in log
-    assert len(list(tmp_path.glob("lm/*/done.json"))) == len(grid_runs("lm"))
-    residual = tmp_path / "lm" / "residual-s0" / "done.json"
+    assert len(list(tmp_path.glob("lm/runs/*/done.json"))) == len(grid_runs("lm"))
+    residual = tmp_path / "lm" / "runs" / "residual-L1-d32-s0" / "done.json"
     assert residual.stat().st_mtime_ns == first[residual]  # finished run untouched
     resumed = json.loads(interrupted.read_text())
     assert resumed["resumed"] and resumed["steps"] == 4
+    assert len(resumed["commit"]) == 40 and len(resumed["code"]) == 12 and isinstance(resumed["dirty"], bool)
 
 
 def test_seeds_raise_every_variant():
     assert len(grid_runs("lm")) == 13 and len(grid_runs("vit")) == 11
     runs = grid_runs("vit", seeds=2)
     assert len(runs) == 2 * len(GRIDS["vit"]) + 2  # residual and dhc4 keep their third seed
-    assert [r.name for r in runs[:2]] == ["residual-s0", "dhc1-s0"]  # seed-major order
+    assert [r.name for r in runs[:2]] == ["residual-L1-d32-s0", "dhc1-L1-d32-s0"]  # seed-major order
+
+
+def test_run_names_spell_every_setting():
+    assert run("lm", "dhc4", 2, lr=3e-3, L=16, d=64).name == "dhc4-L16-d64-lr0.003-s2"  # knobs in a fixed order
+    with pytest.raises(ValueError, match="unknown knobs"):
+        run("lm", "dhc4", 0, depth=16)
+
+
+def test_controls_pair_with_the_baseline_at_the_main_depth():
+    from experiments.grids import LM_MAIN_DEPTH, controls_study
+
+    study = controls_study()
+    names = {r.name for r in study.runs}
+    assert len(names) == len(study.runs)
+    for s in study.choice_seeds:  # every control has its reference pair at the same seed
+        assert {f"residual-L{LM_MAIN_DEPTH}-d64-lr0.003-s{s}", f"dhc4-L{LM_MAIN_DEPTH}-d64-lr0.003-s{s}"} <= names
+    lrs = {r.knob("lr") for r in study.runs}
+    assert lrs == {0.0015, 0.003, 0.006}
+    assert {r.variant for r in study.runs} == {"residual", "dhc4", "residual-init-0.5", "dhc4-init-none"}
+    # the held-out seeds of the main grid are never used to choose anything here
+    assert max(r.seed for r in study.runs) == 2
+
+
+def test_depth_study_pairs_every_depth_and_seed():
+    study = depth_study()
+    assert study.choice_seeds == (0, 1, 2) and not study.confirm_seeds
+    cells = {(r.knob("L"), r.seed): set() for r in study.runs}
+    for r in study.runs:
+        cells[(r.knob("L"), r.seed)].add(r.variant)
+        assert r.knob("d") == 64 and r.knob("lr") == 3e-3
+    assert sorted({L for L, _ in cells}) == [4, 8, 16, 32]
+    assert all(v == {"residual", "dhc4"} for v in cells.values())  # each depth and seed has both arms
+    assert len({r.name for r in study.runs}) == len(study.runs) == 24
+
+
+def test_paired_runs_share_data_order_and_non_hc_init(tmp_path):
+    """Seed s of DHC x4 and of the baseline: the same training windows in the same order, and the same initial
+    weights except the output projections, which DHC's 'divide' init scales by exactly 1/sqrt(4)."""
+    from lit_hc.cli import HCCLI
+
+    study = depth_study(quick=True)
+    arms = {r.variant: r for r in study.runs if r.seed == 1 and r.knob("L") == 2}
+    built = {}
+    for variant, r in arms.items():
+        args = cli_args(r, study, "cpu", True, tmp_path, None)[1:]  # without the `fit` subcommand
+        cli = HCCLI(subclass_mode_model=True, subclass_mode_data=True, args=args, run=False)
+        cli.datamodule.setup("fit")
+        batches = [x for x, _ in zip(cli.datamodule.train_dataloader(), range(3))]
+        built[variant] = (batches, cli.model.net.state_dict())
+    (base_batches, base), (hc_batches, hc) = built["residual"], built["dhc4"]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(base_batches, hc_batches))
+    shared = [k for k in base if k in hc]
+    assert len(shared) == len(base)  # the baseline's parameters all exist in the HC model
+    for key in shared:
+        if key.endswith(("attn.proj.weight", "mlp.fc2.weight")):
+            torch.testing.assert_close(hc[key], base[key] / 2, rtol=0, atol=1e-7)
+        else:
+            assert torch.equal(hc[key], base[key]), key
+
+
+def test_folder_of_another_configuration_is_refused(tmp_path):
+    reproduce(["--quick", "--task", "lm", "--results", str(tmp_path), "--max-runs", "1"])
+    done = tmp_path / "lm" / "runs" / "residual-L1-d32-s0" / "done.json"
+    record = json.loads(done.read_text())
+    done.write_text(json.dumps(record | {"fingerprint": "another"}))
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce(["--quick", "--task", "lm", "--results", str(tmp_path), "--max-runs", "1"])
+    message = str(exit_info.value.code)
+    assert "holds a run of another configuration" in message and "\n" not in message
+
+
+def test_tables_refuse_runs_of_different_code(tmp_path):
+    from experiments.summarize import summarize_study
+
+    reproduce(["--quick", "--task", "lm", "--results", str(tmp_path), "--max-runs", "2"])
+    done = tmp_path / "lm" / "runs" / "dhc1-L1-d32-s0" / "done.json"
+    # a commit git does not know (made elsewhere): its recorded code version is what counts
+    done.write_text(json.dumps(json.loads(done.read_text()) | {"commit": "f" * 40, "code": "0123456789ab"}))
+    study = main_study("lm", quick=True)
+    with pytest.raises(ValueError, match="2 code versions"):
+        summarize_study(tmp_path, study, "test")
+    rows = summarize_study(tmp_path, study, "test", allow_mixed=True)
+    assert {r["code"] for r in rows} == {"0123456789ab", json.loads(
+        (done.parent.parent / "residual-L1-d32-s0" / "done.json").read_text())["code"]}
+    assert "code 0123456789ab" in (tmp_path / "lm" / "main" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_depth_study_end_to_end(tmp_path):
+    reproduce(["--quick", "--study", "depth", "--results", str(tmp_path)])
+    out = tmp_path / "lm" / "depth"
+    assert (out / "depth.png").stat().st_size > 0
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["depth"]) for r in rows] == [1, 2]
+    for row in rows:
+        runs = {v: [json.loads((tmp_path / "lm" / "runs" / f"{v}-L{row['depth']}-d32-lr0.003-s{s}" / "done.json").read_text())
+                    ["final"]["val_loss"] for s in (0, 1)] for v in ("residual", "dhc4")}
+        diffs = [h - b for h, b in zip(runs["dhc4"], runs["residual"])]
+        assert float(row["delta"]) == pytest.approx(statistics.mean(diffs), rel=1e-9)
+        assert json.loads(row["diffs"]) == pytest.approx(diffs, abs=1e-6)
+        assert int(row["n"]) == 2 and int(row["wins"]) == sum(d < 0 for d in diffs)
 
 
 def test_units_to_reach_interpolates():
@@ -84,7 +196,7 @@ def test_bad_input_stops_the_runner_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         reproduce(["--quick", "--task", "lm", "--results", str(tmp_path), "--data", str(tmp_path / "nope")])
     message = str(exit_info.value.code)
-    assert message.startswith("reproduce: lm residual-s0: error: text source") and str(tmp_path / "nope") in message
+    assert message.startswith("reproduce: lm residual-L1-d32-s0: error: text source") and str(tmp_path / "nope") in message
     assert "\n" not in message and "Traceback" not in capsys.readouterr().err
 
 
@@ -101,7 +213,7 @@ def test_runner_interrupted_inside_a_run_resumes_it_exactly(tmp_path, monkeypatc
 
     def ctrl_c_in_dhc1(run, *args):
         extra = ["--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step", "2",
-                 "--trainer.callbacks.signal", "SIGINT"] if run.name == "dhc1-s0" else []
+                 "--trainer.callbacks.signal", "SIGINT"] if run.name == "dhc1-L1-d32-s0" else []
         return original(run, *args) + extra
 
     common = ["--quick", "--task", "lm", "--max-runs", "2"]
@@ -110,17 +222,17 @@ def test_runner_interrupted_inside_a_run_resumes_it_exactly(tmp_path, monkeypatc
         runner.main([*common, "--results", str(tmp_path / "a")])
     assert exit_info.value.code == 130
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("reproduce: lm dhc1-s0 stopped by SIGINT after a finished step")
-    run_dir = tmp_path / "a" / "lm" / "dhc1-s0"
+    assert line.startswith("reproduce: lm dhc1-L1-d32-s0 stopped by SIGINT after a finished step")
+    run_dir = tmp_path / "a" / "lm" / "runs" / "dhc1-L1-d32-s0"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
     assert not (run_dir / "done.json").exists()
-    residual = tmp_path / "a" / "lm" / "residual-s0" / "done.json"
+    residual = tmp_path / "a" / "lm" / "runs" / "residual-L1-d32-s0" / "done.json"
     before = residual.stat().st_mtime_ns
 
     monkeypatch.setattr(runner, "cli_args", original)
     runner.main([*common, "--results", str(tmp_path / "a")])
     runner.main([*common, "--results", str(tmp_path / "b")])  # the same two runs, never interrupted
     assert residual.stat().st_mtime_ns == before
-    resumed, straight = (json.loads((tmp_path / r / "lm" / "dhc1-s0" / "done.json").read_text()) for r in "ab")
+    resumed, straight = (json.loads((tmp_path / r / "lm" / "runs" / "dhc1-L1-d32-s0" / "done.json").read_text()) for r in "ab")
     assert resumed["resumed"] and not straight["resumed"] and resumed["steps"] == straight["steps"] == 4
     assert resumed["final"]["val_loss"] == pytest.approx(straight["final"]["val_loss"], rel=1e-6)
