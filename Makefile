@@ -31,10 +31,10 @@ test-fast: install ## Run the tests without the slow end-to-end ones
 
 TASK ?= all
 SCALE ?= cpu
-reproduce: install ## Run the baseline-vs-HC grids into results/ [TASK=lm|vit] [SEEDS=N] [QUICK=1] [SCALE=paper DATA=path]
-	$(PY) -m experiments.reproduce --task $(TASK) --scale $(SCALE) $(if $(QUICK),--quick) \
-		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA),--data $(DATA)) $(if $(RESULTS),--results $(RESULTS)) \
-		$(if $(ABLATIONS),--ablations)
+STUDY ?= main
+reproduce: install ## Run a study into results/ [STUDY=main|depth|controls] [TASK=lm|vit] [SEEDS=N] [QUICK=1] [SCALE=paper DATA=path]
+	$(PY) -m experiments.reproduce --study $(STUDY) --task $(TASK) --scale $(SCALE) $(if $(QUICK),--quick) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA),--data $(DATA)) $(if $(RESULTS),--results $(RESULTS))
 
 BENCH_ARGS ?=
 bench: install ## Step time, memory and inference speed of every variant vs the baseline -> results/bench.{md,csv} (8-18 min here)

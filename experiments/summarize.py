@@ -385,24 +385,23 @@ def depth_figure(rows: list[dict]) -> Figure:
     for r in done:
         ax.scatter([r["depth"]] * r["n"], json.loads(r["diffs"]), s=10, color="gray", zorder=3)
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(depths, [str(d) for d in depths])
-    ax.set_xlabel("depth L (blocks)")
-    ax.set_ylabel("val loss: DHC x4 − residual (nats/byte)")
-    ax.set_title("Paired difference per seed (gray) and mean")
-    ax.legend(fontsize=8)
+    _depth_axis(ax, depths, "val loss: DHC x4 − residual (nats/byte)", "Paired difference per seed (gray) and mean")
     for name, color in (("residual", "C0"), ("dhc4", "C1")):
         pts = [(r["depth"], r[f"{name}_loss"], r[f"{name}_std"] or 0) for r in rows if f"{name}_loss" in r]
         if pts:
             d, m, sd = zip(*pts)
             ax2.errorbar(d, m, yerr=sd, marker="o", capsize=3, color=color, label="DHC x4" if name == "dhc4" else name)
-    ax2.set_xscale("log", base=2)
-    ax2.set_xticks(depths, [str(d) for d in depths])
-    ax2.set_xlabel("depth L (blocks)")
-    ax2.set_ylabel("final val loss (mean ± std)")
-    ax2.set_title("Both arms, equal tokens")
-    ax2.legend(fontsize=8)
+    _depth_axis(ax2, depths, "final val loss (mean ± std)", "Both arms, equal tokens")
     return fig
+
+
+def _depth_axis(ax, depths: list[int], ylabel: str, title: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(depths, [str(d) for d in depths])
+    ax.set_xlabel("depth L (blocks)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
 
 
 def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool = False) -> list[dict]:

@@ -7,13 +7,13 @@ import statistics
 import pytest
 import torch
 
-from experiments.grids import LEGACY_GRIDS, depth_study, main_study, run
+from experiments.grids import LEGACY_VIT, MAIN_SEEDS, depth_study, main_study, run
 from experiments.reproduce import cli_args
 from experiments.reproduce import main as reproduce
 from experiments.summarize import units_to_reach
 from helpers import scalars
 
-GRIDS = LEGACY_GRIDS
+GRIDS = {"lm": MAIN_SEEDS, "vit": LEGACY_VIT}
 
 
 def grid_runs(task, seeds=None):
@@ -75,8 +75,19 @@ def test_interrupted_runner_reruns_only_unfinished(tmp_path, capsys):
     assert len(resumed["commit"]) == 40 and len(resumed["code"]) == 12 and isinstance(resumed["dirty"], bool)
 
 
+def test_main_lm_grid_holds_out_confirmation_seeds():
+    study = main_study("lm")
+    assert study.choice_seeds == (0, 1, 2) and study.confirm_seeds == (3, 4, 5)
+    seeds = {v: sorted(r.seed for r in study.runs if r.variant == v) for v in MAIN_SEEDS}
+    assert seeds["residual"] == seeds["dhc4"] == [0, 1, 2, 3, 4, 5]  # >= 5 seeds, paired
+    assert all(seeds[v] == [0, 1] for v in MAIN_SEEDS if v not in ("residual", "dhc4"))
+    # the grid's residual and DHC x4 runs at the choice seeds are the depth study's runs at that depth
+    assert {r.name for r in study.runs if r.seed < 3 and r.variant in ("residual", "dhc4")} <= {
+        r.name for r in depth_study().runs}
+
+
 def test_seeds_raise_every_variant():
-    assert len(grid_runs("lm")) == 13 and len(grid_runs("vit")) == 11
+    assert len(grid_runs("lm")) == 2 * len(MAIN_SEEDS) and len(grid_runs("vit")) == 11
     runs = grid_runs("vit", seeds=2)
     assert len(runs) == 2 * len(GRIDS["vit"]) + 2  # residual and dhc4 keep their third seed
     assert [r.name for r in runs[:2]] == ["residual-L1-d32-s0", "dhc1-L1-d32-s0"]  # seed-major order
@@ -97,7 +108,7 @@ def test_controls_pair_with_the_baseline_at_the_main_depth():
     for s in study.choice_seeds:  # every control has its reference pair at the same seed
         assert {f"residual-L{LM_MAIN_DEPTH}-d64-lr0.003-s{s}", f"dhc4-L{LM_MAIN_DEPTH}-d64-lr0.003-s{s}"} <= names
     lrs = {r.knob("lr") for r in study.runs}
-    assert lrs == {0.0015, 0.003, 0.006}
+    assert lrs == {0.00075, 0.0015, 0.003, 0.006}
     assert {r.variant for r in study.runs} == {"residual", "dhc4", "residual-init-0.5", "dhc4-init-none"}
     # the held-out seeds of the main grid are never used to choose anything here
     assert max(r.seed for r in study.runs) == 2
