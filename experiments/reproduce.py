@@ -31,9 +31,10 @@ from lit_hc.cli import BAD_INPUT, describe
 from lit_hc.io import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-# The code that decides a run's numbers once its arguments are fixed (the arguments are fingerprinted apart): a
-# change anywhere else (the runner, the study definitions, docs, summaries, tests) leaves finished runs valid.
-CODE_PATHS = ("lit_hc", "configs", "pyproject.toml", "uv.lock")
+# The code that decides a run's numbers once its arguments are fixed: a change anywhere else (the runner, the study
+# definitions, docs, summaries, tests) leaves finished runs valid. The YAML files a run reads are tracked per run
+# (config_blobs), so adding an overlay does not make every earlier run "other code".
+CODE_PATHS = ("lit_hc", "pyproject.toml", "uv.lock")
 
 
 class ConfigMismatch(ValueError):
@@ -53,12 +54,23 @@ def code_version(commit: str) -> str | None:
         return None
 
 
+def config_blobs(commit: str, args: list[str]) -> dict[str, str] | None:
+    """{config path relative to the checkout: git's blob id at `commit`} for every --config file of a run."""
+    paths = [Path(args[i + 1]).resolve() for i, a in enumerate(args[:-1]) if a == "--config"]
+    try:
+        rel = [p.relative_to(ROOT).as_posix() for p in paths]
+        return dict(zip(rel, _git("rev-parse", *(f"{commit}:{r}" for r in rel)).split()))
+    except (ValueError, OSError, subprocess.CalledProcessError):  # outside the checkout, or not a git checkout
+        return None
+
+
 def provenance() -> dict:
-    """The commit the runner's code comes from, whether CODE_PATHS had uncommitted changes, and their code version.
+    """The commit the runner's code comes from, whether CODE_PATHS or configs/ had uncommitted changes, and the
+    code version.
     Read once when the runner starts: the runner keeps the code it imported even if the tree changes later."""
     try:
         commit = _git("rev-parse", "HEAD")
-        dirty = bool(_git("status", "--porcelain", "--", *CODE_PATHS))
+        dirty = bool(_git("status", "--porcelain", "--", *CODE_PATHS, "configs"))
     except (OSError, subprocess.CalledProcessError):  # not a git checkout (an sdist, a copied folder)
         return {"commit": "unknown", "dirty": True, "code": "unknown"}
     return {"commit": commit, "dirty": dirty, "code": code_version(commit) or "unknown"}
@@ -190,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         elapsed = time.time() - started
         eta = f", ETA {elapsed / finished * (len(todo) - finished) / 60:.0f} min" if finished else ""
         print(f"[{i + 1}/{len(todo)}] {run.task} {run.name} (elapsed {elapsed / 60:.1f} min{eta})", flush=True)
-        record = {"fingerprint": print_, **origin, "study": a.study}
+        record = {"fingerprint": print_, **origin, "configs": config_blobs(origin["commit"], args), "study": a.study}
         try:
             run_one(run, args, results / run.task / "runs" / run.name, in_process=a.scale == "cpu", record=record)
         except BAD_INPUT as e:  # the same one line `lit-hc` prints; finished runs stay as they are

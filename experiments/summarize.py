@@ -75,13 +75,15 @@ def label(run: dict, study: Study) -> str:
     return "-".join([run["run"]["variant"], *(f"{k}{v:g}" for k, v in knobs)])
 
 
-def _code(done: dict) -> str:
-    """The run's code version, recomputed from its commit where git knows it (so a change of what counts as code
-    applies to old runs too), else the one it recorded."""
-    from experiments.reproduce import code_version
+def _code(done: dict) -> tuple[str, dict[str, str]]:
+    """The run's code version and the blob ids of the config files it read, recomputed from its commit where git
+    knows it (so a change of what counts as code applies to old runs too), else what it recorded."""
+    from experiments.reproduce import code_version, config_blobs
 
     commit = done.get("commit", "unknown")
-    return (code_version(commit) if commit != "unknown" else None) or done.get("code", "unknown")
+    known = commit != "unknown"
+    code = (code_version(commit) if known else None) or done.get("code", "unknown")
+    return code, (config_blobs(commit, done["args"]) if known else None) or done.get("configs") or {}
 
 
 def load_study(results: Path, study: Study, allow_mixed: bool = False) -> dict[str, list[dict]]:
@@ -93,12 +95,17 @@ def load_study(results: Path, study: Study, allow_mixed: bool = False) -> dict[s
         path = results / r.task / "runs" / r.name / "done.json"
         if path.is_file():
             done = json.loads(path.read_text())
-            runs.setdefault(label(done, study), []).append(done | {"seed": r.seed, "code": _code(done)})
-    codes = {d["code"] for rs in runs.values() for d in rs}
-    if len(codes) > 1 and not allow_mixed:
+            code, blobs = _code(done)
+            runs.setdefault(label(done, study), []).append(done | {"seed": r.seed, "code": code, "configs": blobs})
+    done = [d for rs in runs.values() for d in rs]
+    codes = {d["code"] for d in done}
+    configs = {path: {d["configs"][path] for d in done if path in d["configs"]} for d in done for path in d["configs"]}
+    changed = sorted(path for path, blobs in configs.items() if len(blobs) > 1)
+    if (len(codes) > 1 or changed) and not allow_mixed:
         raise ValueError(f"the {study.task} {study.name} study has runs of {len(codes)} code versions "
-                         f"({', '.join(sorted(codes))}); rerun them with one version, or pass --allow-mixed-code to "
-                         "mark them in the table")
+                         f"({', '.join(sorted(codes))})" + (f" and of several versions of {', '.join(changed)}"
+                                                             if changed else "") +
+                         "; rerun them with one version, or pass --allow-mixed-code to mark them in the table")
     return runs
 
 

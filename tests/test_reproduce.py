@@ -176,6 +176,13 @@ def test_tables_refuse_runs_of_different_code(tmp_path):
     assert {r["code"] for r in rows} == {"0123456789ab", json.loads(
         (done.parent.parent / "residual-L1-d32-s0" / "done.json").read_text())["code"]}
     assert "code 0123456789ab" in (tmp_path / "lm" / "main" / "summary.md").read_text()
+    # the same code, but the base config edited between the runs
+    record = json.loads(done.read_text())
+    other = json.loads((done.parent.parent / "residual-L1-d32-s0" / "done.json").read_text())
+    base = next(k for k in other["configs"] if k.endswith("lm/base.yaml"))
+    done.write_text(json.dumps(record | {"code": other["code"], "configs": other["configs"] | {base: "0" * 40}}))
+    with pytest.raises(ValueError, match="several versions of configs/lm/base.yaml"):
+        summarize_study(tmp_path, study, "test")
 
 
 @pytest.mark.slow
