@@ -348,6 +348,10 @@ def depth_rows(study: Study, results: Path) -> list[dict]:
     return rows
 
 
+def _signed_pm(mean: float, std: float | None, digits: int = 3) -> str:
+    return f"{mean:+.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
 def _ci(row: dict, digits: int = 3) -> str:
     return f"[{row['ci_lo']:+.{digits}f}, {row['ci_hi']:+.{digits}f}]" if row.get("ci_lo") is not None else "—"
 
@@ -365,7 +369,7 @@ def depth_markdown(study: Study, rows: list[dict], command: str, provenance: lis
             f"| {r['depth']} | {_fmt(r.get('residual_params'))} | {_fmt(dp, sign=True)} | "
             f"{_pm(r['residual_loss'], r['residual_std']) if 'residual_loss' in r else '—'} | "
             f"{_pm(r['dhc4_loss'], r['dhc4_std']) if 'dhc4_loss' in r else '—'} | "
-            f"{_pm(r['delta'], r['delta_std']) if 'delta' in r else '—'} | "
+            f"{_signed_pm(r['delta'], r['delta_std']) if 'delta' in r else '—'} | "
             f"{_ci(r)} | {_wins(r)} | {_fmt(r.get('step_time_ratio'), 2)} |")
     b = study.budget
     return "\n".join([
