@@ -271,17 +271,20 @@ def val_curves_figure(task: str, runs: dict[str, list[dict]]) -> Figure:
     return fig
 
 
-def gains_figure(runs: dict[str, list[dict]]) -> Figure:
+def gains_figure(runs: dict[str, list[dict] | dict]) -> Figure:
+    """One line per variant (its first run; a dict value is that run)."""
     fig = Figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.add_subplot()
     for variant, rs in runs.items():
-        if variant != "residual" and rs[0].get("residual_gains"):
-            gains = torch.tensor(rs[0]["residual_gains"])
+        first = rs if isinstance(rs, dict) else rs[0]
+        if variant != "residual" and first.get("residual_gains"):
+            gains = torch.tensor(first["residual_gains"])
             ax.plot(range(1, len(gains) + 1), gains[:, 0].tolist(), marker="o", ms=3, label=f"{variant} (row sums)")
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("sub-layers composed (attention and MLP)")
     ax.set_ylabel("Amax gain of the residual product")
-    ax.set_title("Gain of the product of residual matrices over depth (seed 0)")
+    ax.set_yscale("log")
+    ax.set_title("Gain of the product of residual matrices over depth")
     ax.legend(fontsize=8)
     return fig
 
@@ -423,6 +426,15 @@ def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool
     out = results / "lm" / study.name
     _write_table(out, rows, depth_markdown(study, rows, command, provenance_lines(runs)))
     write_atomic(out / "depth.png", _png(depth_figure(rows)))
+    # The learned connections of DHC x4's lowest seed at every depth (the paper's Fig. 7 view), and the gain of
+    # the residual products over depth (the mHC paper's diagnostic), one line per depth.
+    deep = {lab: rs[0] for lab, rs in runs.items() if lab.startswith("dhc4") and rs[0].get("connection_matrices")}
+    for lab, r in deep.items():
+        weights = unrolled_connections(torch.tensor(r["connection_matrices"]))
+        fig = unrolled_connections_figure(weights, f"LM DHC x4, {lab.split('-')[1]}, seed {r['seed']}: unrolled connections")
+        write_atomic(out / f"connections_{lab}.png", _png(fig))
+    if deep:
+        write_atomic(out / "gains.png", _png(gains_figure(deep)))
     return rows
 
 
