@@ -108,7 +108,7 @@ def test_controls_pair_with_the_baseline_at_the_main_depth():
     for s in study.choice_seeds:  # every control has its reference pair at the same seed
         assert {f"residual-L{LM_MAIN_DEPTH}-d64-lr0.003-s{s}", f"dhc4-L{LM_MAIN_DEPTH}-d64-lr0.003-s{s}"} <= names
     lrs = {r.knob("lr") for r in study.runs}
-    assert lrs == {0.00075, 0.0015, 0.003, 0.006}
+    assert lrs == {0.0015, 0.003, 0.006, 0.012}
     assert {r.variant for r in study.runs} == {"residual", "dhc4", "residual-init-0.5", "dhc4-init-none"}
     # the held-out seeds of the main grid are never used to choose anything here
     assert max(r.seed for r in study.runs) == 2
