@@ -438,12 +438,35 @@ def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool
     return rows
 
 
+def lr_sweep_markdown(runs: dict[str, list[dict]], base_lr: float) -> str:
+    """Both arms at every learning rate of the sweep, paired with each other at that LR (not with the baseline at
+    the grid's LR): is the comparison run where each arm is at its best?"""
+    lrs = sorted({dict(r["run"]["knobs"]).get("lr") for rs in runs.values() for r in rs} - {None})
+    lines = ["| LR | residual val loss | DHC x4 val loss | DHC x4 − residual, paired [95% CI], wins |", "|---|---|---|---|"]
+    for lr in lrs:
+        suffix = "" if lr == base_lr else f"-lr{lr:g}"
+        base, hc = runs.get("residual" + suffix), runs.get("dhc4" + suffix)
+        if not base or not hc:
+            continue
+        cells = [_pm(*mean_std(list(_finals(rs, "lm").values()))) + f" ({len(rs)} seeds)" for rs in (base, hc)]
+        row = paired_columns(hc, base, "lm", tuple(sorted(_finals(hc, "lm"))))
+        lines.append(f"| {lr:g} ({lr / base_lr:g}x) | {cells[0]} | {cells[1]} | "
+                     f"{paired_cell({f'p_{k}': v for k, v in row.items()}, 'p')} |")
+    return "\n".join(["## Learning-rate sweep", "", *lines, ""])
+
+
 def summarize_study(results: Path, study: Study, command: str, allow_mixed: bool = False) -> list[dict]:
     """Write a study's tables and plots into results/<task>/<study>/ (nothing if none of its runs finished)."""
     if study.name == "depth":
         return summarize_depth(results, study, command, allow_mixed)
     runs = load_study(results, study, allow_mixed)
-    return summarize_grid(results, study, runs, command) if runs else []
+    if not runs:
+        return []
+    rows = summarize_grid(results, study, runs, command)
+    if study.name == "controls":
+        md = results / study.task / study.name / "summary.md"
+        write_atomic(md, md.read_text() + "\n" + lr_sweep_markdown(runs, study.base_knobs["lr"]))
+    return rows
 
 
 if __name__ == "__main__":
