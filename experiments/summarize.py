@@ -448,7 +448,7 @@ def lr_sweep_markdown(runs: dict[str, list[dict]], base_lr: float) -> str:
         base, hc = runs.get("residual" + suffix), runs.get("dhc4" + suffix)
         if not base or not hc:
             continue
-        cells = [_pm(*mean_std(list(_finals(rs, "lm").values()))) + f" ({len(rs)} seeds)" for rs in (base, hc)]
+        cells = [_pm(*mean_std(list(_finals(rs, "lm").values()))) + f" ({len(rs)} seed{'s' * (len(rs) > 1)})" for rs in (base, hc)]
         row = paired_columns(hc, base, "lm", tuple(sorted(_finals(hc, "lm"))))
         lines.append(f"| {lr:g} ({lr / base_lr:g}x) | {cells[0]} | {cells[1]} | "
                      f"{paired_cell({f'p_{k}': v for k, v in row.items()}, 'p')} |")

@@ -260,3 +260,22 @@ def test_runner_interrupted_inside_a_run_resumes_it_exactly(tmp_path, monkeypatc
     resumed, straight = (json.loads((tmp_path / r / "lm" / "runs" / "dhc1-L1-d32-s0" / "done.json").read_text()) for r in "ab")
     assert resumed["resumed"] and not straight["resumed"] and resumed["steps"] == straight["steps"] == 4
     assert resumed["final"]["val_loss"] == pytest.approx(straight["final"]["val_loss"], rel=1e-6)
+
+
+def test_lr_sweep_table_pairs_the_arms_at_each_lr():
+    from experiments.summarize import lr_sweep_markdown
+
+    def done(variant, seed, lr, loss):
+        return {"run": {"variant": variant, "knobs": [["L", 16], ["lr", lr]]}, "seed": seed, "final": {"val_loss": loss}}
+
+    runs = {"residual": [done("residual", 0, 0.003, 2.2), done("residual", 1, 0.003, 2.1)],
+            "dhc4": [done("dhc4", 0, 0.003, 2.1), done("dhc4", 1, 0.003, 2.05)],
+            "residual-lr0.006": [done("residual", 0, 0.006, 2.0)], "dhc4-lr0.006": [done("dhc4", 0, 0.006, 1.9)],
+            "dhc4-lr0.012": [done("dhc4", 0, 0.012, 1.8)]}  # no residual at 4x: no row
+    lines = lr_sweep_markdown(runs, 0.003).splitlines()
+    rows = [line for line in lines if line.startswith("| 0.")]
+    assert len(rows) == 2
+    # 1x: diffs -0.1, -0.05 -> mean -0.075, std 0.035355, half width 12.706 * 0.035355 / sqrt(2) = 0.317650
+    assert rows[0] == ("| 0.003 (1x) | 2.150 ± 0.071 (2 seeds) | 2.075 ± 0.035 (2 seeds) | "
+                       "-0.075 [-0.393, +0.243], 2/2 |")
+    assert rows[1] == "| 0.006 (2x) | 2.000 (1 seed) | 1.900 (1 seed) | -0.100, 1/1 |"
