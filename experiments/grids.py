@@ -195,7 +195,7 @@ def studies(name: str, tasks: list[str], quick: bool = False, seeds: int | None 
     return [study] if study.task in tasks else []
 
 
-# Paper numbers to print beside ours (SPEC 2.5). LM: OLMo-1B, 500B tokens, V2 eval loss. ViT: ViT-Base top-1.
+# The HC paper's numbers to print beside ours (Zhu et al. 2025, its OLMo-1B and ViT-Base result tables). LM: OLMo-1B, 500B tokens, V2 eval loss. ViT: ViT-Base top-1.
 PAPER = {
     "lm": {"residual": 2.811, "dhc1": 2.819, "dhc2": 2.802, "dhc4": 2.781, "dhc8": 2.778, "dhc4-notanh": 2.779,
            "shc2": 2.799, "shc4": 2.791},

@@ -241,7 +241,7 @@ def markdown(task: str, rows: list[dict], command: str) -> str:
         "Step time and saved activations are ratios to the residual baseline measured in the same grid; "
         "'speed-up' = the baseline's " + unit + " to reach its own final validation loss / this variant's "
         "(interpolated between evaluations; — if never reached). The paper's column is its number at full scale "
-        "(SPEC 2.5), for comparison, not a target at this scale.", "", *lines, ""])
+        "(the HC paper's OLMo-1B and ViT-Base results), for comparison, not a target at this scale.", "", *lines, ""])
 
 
 def _png(fig: Figure) -> bytes:
@@ -325,13 +325,12 @@ def summarize_grid(results: Path, study: Study, runs: dict[str, list[dict]], com
     return rows
 
 
-def depth_rows(study: Study, results: Path) -> list[dict]:
+def depth_rows(study: Study, runs: dict[str, list[dict]]) -> list[dict]:
     """One row per depth: both arms' final val loss over seeds and their paired difference."""
     by_depth: dict[int, dict[str, list[dict]]] = {}
-    for r in study.runs:
-        path = results / r.task / "runs" / r.name / "done.json"
-        if path.is_file():
-            by_depth.setdefault(r.knob("L"), {}).setdefault(r.variant, []).append(json.loads(path.read_text()) | {"seed": r.seed})
+    for done in (d for rs in runs.values() for d in rs):
+        depth = dict(done["run"]["knobs"])["L"]
+        by_depth.setdefault(depth, {}).setdefault(done["run"]["variant"], []).append(done)
     rows = []
     for depth, arms in sorted(by_depth.items()):
         base, hc = arms.get("residual", []), arms.get("dhc4", [])
@@ -420,7 +419,7 @@ def _depth_axis(ax, depths: list[int], ylabel: str, title: str) -> None:
 
 def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool = False) -> list[dict]:
     runs = load_study(results, study, allow_mixed)  # checks that one code version made them
-    rows = depth_rows(study, results)
+    rows = depth_rows(study, runs)
     if not rows:
         return []
     out = results / "lm" / study.name
