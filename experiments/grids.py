@@ -76,6 +76,8 @@ class Study:
     confirm_seeds: tuple[int, ...] = ()
     about: str = ""
     base_knobs: dict = field(default_factory=dict)  # the knobs every run of the study shares unless it varies them
+    # (row, reference, question): paired differences beside the ones to the baseline, e.g. a control's
+    comparisons: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -121,10 +123,19 @@ def depth_study(quick: bool = False) -> Study:
 
 # The depth the LM main grid and its controls run at, chosen from the depth study on seeds 0-2 (results/lm/depth).
 LM_MAIN_DEPTH = 16
+# The main grid's learning rate, chosen on seeds 0-1 from the controls' LR sweep at LM_MAIN_DEPTH
+# (results/lm/controls): 2x the depth study's LR is the baseline's best (2.060 against 2.137 at 1x and 2.301 at
+# 4x) and within 0.02 of DHC x4's best (1.946 at 2x, 1.929 at 4x), so both arms run at (or near) their best.
+LM_MAIN_LR = 2 * LM_LR
 # DHC x4's step time over the baseline's at LM_MAIN_DEPTH in the depth study (seeds 0-2 on this 2-core CPU:
 # 0.421/0.229, 0.433/0.209, 0.353/0.226 s = 1.84, 2.07, 1.56, ratio of the means 1.82): the equal-wall-clock
-# control gives the baseline this many times the steps (1,080).
+# control gives the baseline this many times the steps, rounded to a whole validation interval so that its
+# last evaluation is its final step (600 x 1.8 -> 1,100 steps).
 LM_TIME_RATIO = 1.8
+
+
+def wall_clock_steps(budget: Budget, ratio: float = LM_TIME_RATIO) -> int:
+    return budget.val_every * round(budget.steps * ratio / budget.val_every)
 
 
 def controls_study(quick: bool = False) -> Study:
@@ -136,11 +147,11 @@ def controls_study(quick: bool = False) -> Study:
       (seeds 0-1: residual 2.060 vs 2.137, DHC x4 1.946 vs 2.040), so 4x runs next, before the other controls,
       which belong at whatever LR the sweep picks;
     - output-init confound: the baseline with DHC x4's halved output-projection init; DHC x4 without it;
-    - parameters: the baseline one block deeper, more parameters than DHC x4 adds;
-    - cost: the baseline trained LM_TIME_RATIO times as many steps, i.e. for DHC x4's wall-clock time.
+    - parameters: the baseline one block deeper, more parameters than DHC x4 adds.
+
+    The cost control (the baseline given DHC x4's wall-clock time) is part of the main grid, at its LR.
     """
     L, width, seeds = (2, 32, (0, 1)) if quick else (LM_MAIN_DEPTH, LM_WIDTH, (0, 1, 2))
-    steps = (QUICK_BUDGET if quick else {"lm": LM_BUDGET})["lm"].steps
     base = dict(L=L, d=width, lr=LM_LR)
     runs = [run("lm", v, s, **base) for s in seeds for v in ("residual", "dhc4")]
     lr_sweep = lambda factors: [run("lm", v, s, **(base | {"lr": LM_LR * f}))  # noqa: E731
@@ -148,10 +159,15 @@ def controls_study(quick: bool = False) -> Study:
     runs += lr_sweep((0.5, 2.0, 4.0))
     runs += [run("lm", v, s, **base) for s in seeds for v in ("residual-init-0.5", "dhc4-init-none")]
     runs += [run("lm", "residual", s, **(base | {"L": L + 1})) for s in seeds]
-    runs += [run("lm", "residual", s, **(base | {"steps": round(steps * LM_TIME_RATIO)})) for s in seeds]
+    comparisons = (
+        ("residual-init-0.5", "residual", "output init: the baseline with DHC x4's halved output-projection init"),
+        ("dhc4-init-none", "dhc4", "output init: DHC x4 without the halved init"),
+        (f"residual-L{L + 1}", "residual", "parameters: the baseline one block deeper"),
+        ("dhc4", f"residual-L{L + 1}", "parameters: DHC x4 against the deeper baseline (more parameters than DHC x4)"),
+    )
     return Study("controls", "lm", QUICK_BUDGET["lm"] if quick else LM_BUDGET, tuple(runs), choice_seeds=seeds,
-                 about=f"controls at depth {L}, width {width}: learning rate, output init, parameters, wall-clock",
-                 base_knobs=base)
+                 about=f"controls at depth {L}, width {width}: learning rate, output init, parameters",
+                 base_knobs=base, comparisons=comparisons)
 
 
 # Seeds per variant of the main grids: the baseline and the headline variant get 6 (seeds 0-2 chose the settings,
@@ -168,9 +184,10 @@ LEGACY_VIT_BUDGET = Budget(steps=250, batch_size=64, val_every=50)
 
 def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Study:
     """The baseline-vs-HC grid of a task: every variant, paired by seed, in seed-major order (an interrupted grid
-    already compares all variants). LM: the depth-study regime at LM_MAIN_DEPTH."""
+    already compares all variants). LM: the depth-study regime at LM_MAIN_DEPTH and LM_MAIN_LR, plus the cost
+    control on the choice seeds: the baseline trained for DHC x4's wall-clock time (`residual-steps1100`)."""
     if task == "lm":
-        grid, knobs = MAIN_SEEDS, ({"L": 1, "d": 32} if quick else {"L": LM_MAIN_DEPTH, "d": LM_WIDTH, "lr": LM_LR})
+        grid, knobs = MAIN_SEEDS, ({"L": 1, "d": 32} if quick else {"L": LM_MAIN_DEPTH, "d": LM_WIDTH, "lr": LM_MAIN_LR})
         choice, confirm = CHOICE_SEEDS, CONFIRM_SEEDS
     else:
         grid, knobs = LEGACY_VIT, ({"L": 1, "d": 32} if quick else {})
@@ -179,10 +196,19 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
         grid = {v: min(n, 2) for v, n in grid.items()}
         choice, confirm = (0,), (1,)
     counts = {v: max(n, seeds or 0) for v, n in grid.items()}
-    runs = tuple(run(task, v, s, **knobs) for s in range(max(counts.values())) for v, n in counts.items() if s < n)
     budget = QUICK_BUDGET[task] if quick else (LM_BUDGET if task == "lm" else LEGACY_VIT_BUDGET)
-    return Study("main", task, budget, runs, choice_seeds=choice, confirm_seeds=confirm,
-                 about="every residual variant against the baseline, paired by seed", base_knobs=knobs)
+    runs, comparisons = [], ()
+    for s in range(max(counts.values())):
+        runs += [run(task, v, s, **knobs) for v, n in counts.items() if s < n]
+        if task == "lm" and s in choice:
+            runs.append(run(task, "residual", s, **knobs, steps=wall_clock_steps(budget)))
+    if task == "lm":
+        comparisons = (("dhc4", f"residual-steps{wall_clock_steps(budget)}",
+                        f"equal wall-clock: DHC x4 ({budget.steps} steps) against the baseline given "
+                        f"{LM_TIME_RATIO:g}x the steps"),)
+    return Study("main", task, budget, tuple(runs), choice_seeds=choice, confirm_seeds=confirm,
+                 about="every residual variant against the baseline, paired by seed", base_knobs=knobs,
+                 comparisons=comparisons)
 
 
 STUDIES = {"main": main_study, "depth": depth_study, "controls": controls_study}
