@@ -308,12 +308,31 @@ def provenance_lines(runs: dict[str, list[dict]]) -> list[str]:
                                       "; no run had uncommitted changes.")]
 
 
+def comparisons_markdown(study: Study, runs: dict[str, list[dict]]) -> str:
+    """The study's named comparisons (a control against what it controls), paired by seed over the seeds both
+    rows have; a comparison whose rows have not finished yet says so instead of disappearing."""
+    if not study.comparisons:
+        return ""
+    metric = "val loss" if study.task == "lm" else "top-1 %"
+    lines = ["## Controls, paired", "",
+             f"| question | row − reference ({metric}), paired [95% CI], wins | row | reference |", "|---|---|---|---|"]
+    for row, ref, question in study.comparisons:
+        a, b = runs.get(row), runs.get(ref)
+        common = tuple(sorted(set(_finals(a or [], study.task)) & set(_finals(b or [], study.task))))
+        cell = paired_cell({f"p_{k}": v for k, v in paired_columns(a, b, study.task, common).items()}, "p")
+        if cell == "—":
+            cell = "not run yet"
+        lines.append(f"| {question} | {cell} | {row} | {ref} |")
+    return "\n".join(lines) + "\n"
+
+
 def summarize_grid(results: Path, study: Study, runs: dict[str, list[dict]], command: str) -> list[dict]:
     task, out = study.task, results / study.task / study.name
     rows = summary_rows(task, runs, study)
     md = markdown(task, rows, command).replace(f"# {task.upper()} grid summary",
                                                 f"# {task.upper()} {study.name}: {study.about}")
-    _write_table(out, rows, md + "\n" + "\n".join(provenance_lines(runs)) + "\n")
+    extra = comparisons_markdown(study, runs)
+    _write_table(out, rows, md + "\n" + (extra + "\n" if extra else "") + "\n".join(provenance_lines(runs)) + "\n")
     write_atomic(out / "val_curves.png", _png(val_curves_figure(task, runs)))
     write_atomic(out / "gains.png", _png(gains_figure(runs)))
     for variant in ("dhc4", "mhc4", "shc4", "shc2"):

@@ -76,18 +76,27 @@ def test_interrupted_runner_reruns_only_unfinished(tmp_path, capsys):
 
 
 def test_main_lm_grid_holds_out_confirmation_seeds():
+    from experiments.grids import controls_study
+
     study = main_study("lm")
     assert study.choice_seeds == (0, 1, 2) and study.confirm_seeds == (3, 4, 5)
-    seeds = {v: sorted(r.seed for r in study.runs if r.variant == v) for v in MAIN_SEEDS}
+    grid = [r for r in study.runs if r.knob("steps") is None]
+    seeds = {v: sorted(r.seed for r in grid if r.variant == v) for v in MAIN_SEEDS}
     assert seeds["residual"] == seeds["dhc4"] == [0, 1, 2, 3, 4, 5]  # >= 5 seeds, paired
     assert all(seeds[v] == [0, 1] for v in MAIN_SEEDS if v not in ("residual", "dhc4"))
-    # the grid's residual and DHC x4 runs at the choice seeds are the depth study's runs at that depth
-    assert {r.name for r in study.runs if r.seed < 3 and r.variant in ("residual", "dhc4")} <= {
-        r.name for r in depth_study().runs}
+    # the LR was chosen on seeds 0-1 of the controls' sweep: those runs are the grid's, made once
+    assert {r.name for r in grid if r.seed < 2 and r.variant in ("residual", "dhc4")} <= {
+        r.name for r in controls_study().runs}
+    # the cost control: the baseline for DHC x4's wall-clock time, a whole number of validation intervals
+    longer = [r for r in study.runs if r.knob("steps") is not None]
+    assert [r.seed for r in longer] == [0, 1, 2] and {r.variant for r in longer} == {"residual"}
+    steps = longer[0].knob("steps")
+    assert steps % study.budget.val_every == 0 and 1.7 < steps / study.budget.steps < 1.9
+    assert study.comparisons[0][:2] == ("dhc4", f"residual-steps{steps}")
 
 
 def test_seeds_raise_every_variant():
-    assert len(grid_runs("lm")) == 2 * len(MAIN_SEEDS) and len(grid_runs("vit")) == 11
+    assert len(grid_runs("lm")) == 2 * len(MAIN_SEEDS) + 1 and len(grid_runs("vit")) == 11  # + the cost control
     runs = grid_runs("vit", seeds=2)
     assert len(runs) == 2 * len(GRIDS["vit"]) + 2  # residual and dhc4 keep their third seed
     assert [r.name for r in runs[:2]] == ["residual-L1-d32-s0", "dhc1-L1-d32-s0"]  # seed-major order
@@ -279,3 +288,20 @@ def test_lr_sweep_table_pairs_the_arms_at_each_lr():
     assert rows[0] == ("| 0.003 (1x) | 2.150 ± 0.071 (2 seeds) | 2.075 ± 0.035 (2 seeds) | "
                        "-0.075 [-0.393, +0.243], 2/2 |")
     assert rows[1] == "| 0.006 (2x) | 2.000 (1 seed) | 1.900 (1 seed) | -0.100, 1/1 |"
+
+
+def test_comparisons_table_pairs_a_control_with_its_reference():
+    from experiments.grids import Study
+    from experiments.summarize import comparisons_markdown
+
+    def done(seed, loss):
+        return {"seed": seed, "final": {"val_loss": loss}}
+
+    study = Study("main", "lm", None, (), (0, 1, 2), comparisons=(
+        ("dhc4", "residual-steps1100", "equal wall-clock"), ("mhc4", "residual", "not finished")))
+    runs = {"dhc4": [done(0, 2.0), done(1, 2.1), done(2, 1.9)],
+            "residual-steps1100": [done(0, 1.9), done(2, 1.95)]}  # seed 1 not finished: paired over 0 and 2
+    rows = [line for line in comparisons_markdown(study, runs).splitlines() if line.startswith("| ") and "|---" not in line][1:]
+    # diffs +0.1, -0.05: mean +0.025, std 0.106066, half width 12.706 * 0.106066 / sqrt(2) = 0.952950
+    assert rows[0] == "| equal wall-clock | +0.025 [-0.928, +0.978], 1/2 | dhc4 | residual-steps1100 |"
+    assert rows[1] == "| not finished | not run yet | mhc4 | residual |"
