@@ -183,8 +183,7 @@ LEGACY_VIT_BUDGET = Budget(steps=250, batch_size=64, val_every=50)
 
 
 def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Study:
-    """The baseline-vs-HC grid of a task: every variant, paired by seed, in seed-major order (an interrupted grid
-    already compares all variants). LM: the depth-study regime at LM_MAIN_DEPTH and LM_MAIN_LR, plus the cost
+    """The baseline-vs-HC grid of a task: every variant, paired by seed (order: see below). LM: the depth-study regime at LM_MAIN_DEPTH and LM_MAIN_LR, plus the cost
     control on the choice seeds: the baseline trained for DHC x4's wall-clock time (`residual-steps1100`)."""
     if task == "lm":
         grid, knobs = MAIN_SEEDS, ({"L": 1, "d": 32} if quick else {"L": LM_MAIN_DEPTH, "d": LM_WIDTH, "lr": LM_MAIN_LR})
@@ -197,11 +196,16 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
         choice, confirm = (0,), (1,)
     counts = {v: max(n, seeds or 0) for v, n in grid.items()}
     budget = QUICK_BUDGET[task] if quick else (LM_BUDGET if task == "lm" else LEGACY_VIT_BUDGET)
+    # Order: the baseline, the headline variant (DHC x4) and the cost control, seed by seed, so an interrupted grid
+    # already holds the paired comparison with its confirmation seeds; then every other variant, seed by seed.
     runs, comparisons = [], ()
+    headline = [v for v in ("residual", "dhc4") if v in counts]
     for s in range(max(counts.values())):
-        runs += [run(task, v, s, **knobs) for v, n in counts.items() if s < n]
+        runs += [run(task, v, s, **knobs) for v in headline if s < counts[v]]
         if task == "lm" and s in choice:
             runs.append(run(task, "residual", s, **knobs, steps=wall_clock_steps(budget)))
+    for s in range(max(counts.values())):
+        runs += [run(task, v, s, **knobs) for v, n in counts.items() if v not in headline and s < n]
     if task == "lm":
         comparisons = (("dhc4", f"residual-steps{wall_clock_steps(budget)}",
                         f"equal wall-clock: DHC x4 ({budget.steps} steps) against the baseline given "

@@ -60,7 +60,7 @@ def test_interrupted_runner_reruns_only_unfinished(tmp_path, capsys):
     assert len(done) == 2
     first = {p: p.stat().st_mtime_ns for p in done}
     # A run interrupted after its checkpoint was written: it must resume, not restart.
-    interrupted = tmp_path / "lm" / "runs" / "dhc1-L1-d32-s0" / "done.json"
+    interrupted = tmp_path / "lm" / "runs" / "dhc4-L1-d32-s0" / "done.json"
     assert interrupted in first
     interrupted.unlink()
     capsys.readouterr()
@@ -99,7 +99,7 @@ def test_seeds_raise_every_variant():
     assert len(grid_runs("lm")) == 2 * len(MAIN_SEEDS) + 1 and len(grid_runs("vit")) == 11  # + the cost control
     runs = grid_runs("vit", seeds=2)
     assert len(runs) == 2 * len(GRIDS["vit"]) + 2  # residual and dhc4 keep their third seed
-    assert [r.name for r in runs[:2]] == ["residual-L1-d32-s0", "dhc1-L1-d32-s0"]  # seed-major order
+    assert [r.name for r in runs[:2]] == ["residual-L1-d32-s0", "dhc4-L1-d32-s0"]  # the headline pair first
 
 
 def test_run_names_spell_every_setting():
@@ -175,7 +175,7 @@ def test_tables_refuse_runs_of_different_code(tmp_path):
     from experiments.summarize import summarize_study
 
     reproduce(["--quick", "--task", "lm", "--results", str(tmp_path), "--max-runs", "2"])
-    done = tmp_path / "lm" / "runs" / "dhc1-L1-d32-s0" / "done.json"
+    done = tmp_path / "lm" / "runs" / "dhc4-L1-d32-s0" / "done.json"
     # a commit git does not know (made elsewhere): its recorded code version is what counts
     done.write_text(json.dumps(json.loads(done.read_text()) | {"commit": "f" * 40, "code": "0123456789ab"}))
     study = main_study("lm", quick=True)
@@ -241,22 +241,22 @@ def test_runner_interrupted_inside_a_run_resumes_it_exactly(tmp_path, monkeypatc
     signal = ["--trainer.callbacks+=helpers.SignalAtStep", "--trainer.callbacks.step", "2",
               "--trainer.callbacks.signal", "SIGINT"]
 
-    def ctrl_c_in_dhc1(run, *args):
-        return original(run, *args) + (signal if run.name == "dhc1-L1-d32-s0" else [])
+    def ctrl_c_in_dhc4(run, *args):
+        return original(run, *args) + (signal if run.name == "dhc4-L1-d32-s0" else [])
 
     def without_the_signal(args, results):  # the interrupted run is the same configuration as the resumed one
         return fingerprint(args[: len(args) - len(signal)] if args[-len(signal):] == signal else args, results)
 
     fingerprint = runner.fingerprint
     common = ["--quick", "--task", "lm", "--max-runs", "2"]
-    monkeypatch.setattr(runner, "cli_args", ctrl_c_in_dhc1)
+    monkeypatch.setattr(runner, "cli_args", ctrl_c_in_dhc4)
     monkeypatch.setattr(runner, "fingerprint", without_the_signal)
     with pytest.raises(SystemExit) as exit_info:
         runner.main([*common, "--results", str(tmp_path / "a")])
     assert exit_info.value.code == 130
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("reproduce: lm dhc1-L1-d32-s0 stopped by SIGINT after a finished step")
-    run_dir = tmp_path / "a" / "lm" / "runs" / "dhc1-L1-d32-s0"
+    assert line.startswith("reproduce: lm dhc4-L1-d32-s0 stopped by SIGINT after a finished step")
+    run_dir = tmp_path / "a" / "lm" / "runs" / "dhc4-L1-d32-s0"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
     assert not (run_dir / "done.json").exists()
     residual = tmp_path / "a" / "lm" / "runs" / "residual-L1-d32-s0" / "done.json"
@@ -266,7 +266,7 @@ def test_runner_interrupted_inside_a_run_resumes_it_exactly(tmp_path, monkeypatc
     runner.main([*common, "--results", str(tmp_path / "a")])
     runner.main([*common, "--results", str(tmp_path / "b")])  # the same two runs, never interrupted
     assert residual.stat().st_mtime_ns == before
-    resumed, straight = (json.loads((tmp_path / r / "lm" / "runs" / "dhc1-L1-d32-s0" / "done.json").read_text()) for r in "ab")
+    resumed, straight = (json.loads((tmp_path / r / "lm" / "runs" / "dhc4-L1-d32-s0" / "done.json").read_text()) for r in "ab")
     assert resumed["resumed"] and not straight["resumed"] and resumed["steps"] == straight["steps"] == 4
     assert resumed["final"]["val_loss"] == pytest.approx(straight["final"]["val_loss"], rel=1e-6)
 
