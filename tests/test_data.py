@@ -86,6 +86,18 @@ def _one_line_error(capsys, argv) -> str:
     return err
 
 
+def test_data_modules_read_nothing_until_asked(tmp_path):
+    """Construction is cheap (the CLI builds data modules for --help and --print_config): a missing folder is
+    found when the model's vocab_size / num_classes is read from it, not before."""
+    text = TextDataModule(str(tmp_path / "nope"))
+    images = ImageFolderDataModule(root=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        text.vocab_size
+    with pytest.raises(FileNotFoundError, match="has no class folders under train/"):
+        images.num_classes
+    assert TextDataModule("stdlib").vocab_size == 256  # the byte tokenizer, padded to a multiple of 64
+
+
 def test_missing_text_folder_is_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, lm_args(tmp_path, tmp_path / "nope"))
     assert str(tmp_path / "nope") in err and "data.source" in err

@@ -8,6 +8,7 @@ Validation uses fixed, evenly spaced windows.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sysconfig
 import zlib
@@ -17,8 +18,8 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lit_hc.data import stateful_loader
 from lit_hc.data.tokenizers import Tokenizer, get_tokenizer, padded_vocab_size
 
 TEXT_SUFFIXES = (".txt", ".py", ".md")
@@ -131,28 +132,43 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError("data.init_args.source is required by this config: pass --data.init_args.source with a "
                              "folder made by `lit-hc prepare` (train.bin/val.bin) or a folder of text files")
         self.root = stdlib_root() if source == "stdlib" else Path(source).expanduser()
+        self.train_tokens = self.val_tokens = None
+        # Nothing is read here (the CLI builds data modules for --help and --print_config too): the folder is
+        # looked at when the model's vocab_size is linked from it (after instantiation) or at setup.
+
+    @functools.cached_property
+    def meta(self) -> dict:
+        """meta.json of a folder made by `lit-hc prepare` (read once); {} for a folder of text files."""
         if not self.root.is_dir():
             raise FileNotFoundError(f"text source {self.root} is not a folder: pass data.source=stdlib, a folder of "
                                     f"{'/'.join(TEXT_SUFFIXES)} files, or a folder made by `lit-hc prepare`")
-        self.shards = (self.root / "train.bin").is_file()
-        meta = json.loads((self.root / "meta.json").read_text()) if self.shards else {}
-        self.tokenizer = get_tokenizer(meta.get("tokenizer", tokenizer))
-        self.vocab_size = padded_vocab_size(meta.get("vocab_size", self.tokenizer.vocab_size))
-        if not self.shards and not list_text_files(self.root):
-            raise ValueError(f"text source {self.root} has no {'/'.join(TEXT_SUFFIXES)} files: point data.source "
-                             "at a folder with text in it")
-        self.train_tokens = self.val_tokens = None
+        return json.loads((self.root / "meta.json").read_text()) if self.shards else {}
+
+    @property
+    def shards(self) -> bool:
+        return (self.root / "train.bin").is_file()
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        return get_tokenizer(self.meta.get("tokenizer", self.hparams.tokenizer))
+
+    @property
+    def vocab_size(self) -> int:
+        """The model's vocabulary: the tokenizer's (or the shards'), padded to a multiple of 64."""
+        return padded_vocab_size(self.meta.get("vocab_size", self.tokenizer.vocab_size))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_tokens is not None:
             return
-        if self.shards:
-            meta = json.loads((self.root / "meta.json").read_text())
+        if self.meta:
             self.train_tokens, self.val_tokens = (
-                load_shard(self.root / f"{split}.bin", self.tokenizer.dtype, meta, split, self.tokenizer.vocab_size)
+                load_shard(self.root / f"{split}.bin", self.tokenizer.dtype, self.meta, split, self.tokenizer.vocab_size)
                 for split in ("train", "val"))
         else:
             train_files, val_files = split_files(self.root, self.val_fraction)
+            if not train_files and not val_files:
+                raise ValueError(f"text source {self.root} has no {'/'.join(TEXT_SUFFIXES)} files: point data.source "
+                                 "at a folder with text in it")
             if not val_files or not train_files:
                 raise ValueError(f"text source {self.root} has {len(train_files)} train and {len(val_files)} val "
                                  f"files with val_fraction={self.val_fraction}: add files or change val_fraction")
@@ -172,9 +188,9 @@ class TextDataModule(L.LightningDataModule):
         sampler = (DistributedSampler(windows, trainer.world_size, trainer.global_rank, shuffle=False)
                    if trainer is not None and trainer.world_size > 1 else None)
         # Own generators: creating an iterator then does not draw from the global one that dropout uses.
-        return StatefulDataLoader(windows, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                                  drop_last=True, persistent_workers=self.num_workers > 0,
-                                  generator=torch.Generator().manual_seed(self.seed))
+        return stateful_loader(windows, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                               drop_last=True, persistent_workers=self.num_workers > 0,
+                               generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         windows = FixedWindows(self.val_tokens, self.block_size, self.val_windows)
