@@ -112,6 +112,11 @@ class HCTask(L.LightningModule):
                  **task_hparams):
         super().__init__()
         arch, hc, optim = _as(self.arch_class, arch), _as(HCConfig, hc), _as(OptimConfig, optim)
+        if arch.hc != HCConfig() and arch.hc != hc:  # one variant, whichever of the two places names it
+            if hc != HCConfig():
+                raise ValueError(f"two residual variants given: hc ({hc.name}) and arch.hc ({arch.hc.name}); set "
+                                 "only model.init_args.hc (what configs/hc/<variant>.yaml sets)")
+            hc = arch.hc
         self.save_hyperparameters(_flat_hparams(arch=arch, hc=hc, optim=optim, compile=compile,
                                                 log_connections_every_n_steps=log_connections_every_n_steps,
                                                 **task_hparams), logger=False)
@@ -237,7 +242,8 @@ class LanguageModel(HCTask):
         """
         Args:
             arch: the GPT architecture; vocab_size and block_size are linked from the data by the CLI.
-            hc: the residual variant (overrides arch.hc; set it here, e.g. with configs/hc/<variant>.yaml).
+            hc: the residual variant (set it here, e.g. with configs/hc/<variant>.yaml); arch.hc is used when hc is
+                left at its default, and two different variants are an error.
             optim: optimizer and learning-rate schedule.
             compile: torch.compile the network (Lightning cannot compile the LightningModule itself).
             log_connections_every_n_steps: log HC matrices and residual gains this often; 0 = never.
@@ -282,7 +288,8 @@ class ImageClassifier(HCTask):
         """
         Args:
             arch: the ViT architecture; num_classes and image_size are linked from the data by the CLI.
-            hc: the residual variant (overrides arch.hc; set it here, e.g. with configs/hc/<variant>.yaml).
+            hc: the residual variant (set it here, e.g. with configs/hc/<variant>.yaml); arch.hc is used when hc is
+                left at its default, and two different variants are an error.
             optim: optimizer and learning-rate schedule.
             label_smoothing: for hard targets; with Mixup the data module smooths the soft targets instead.
             compile: torch.compile the network.
@@ -299,13 +306,15 @@ class ImageClassifier(HCTask):
             }) for stage in ("fit", "val", "test")  # 'fit' for train: ModuleDict cannot hold a key 'train'
         })
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on hard labels (with label smoothing) or on Mixup / CutMix probabilities (b, classes),
+        which the data module has already smoothed."""
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing if targets.ndim == 1 else 0.0)
+
     def step(self, batch, stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self.net(images).float()
-        if targets.ndim == 2:  # Mixup / CutMix soft targets
-            loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        else:
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        loss = self.loss(logits, targets)
         m = self.metrics["fit" if stage == "train" else stage]
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True)
