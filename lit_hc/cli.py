@@ -5,12 +5,16 @@
 
 Configs compose by repeating --config (the last one wins). The data module's vocab_size / block_size
 (text) or num_classes / image_size (images) are linked into the model's `arch`, and each run is logged to
-<save_dir>/<task>/<variant>-s<seed> with its full config.yaml, TensorBoard events and checkpoints.
+<save_dir>/<task>/<variant>-s<seed>-<hash of its settings> with its full config.yaml, TensorBoard events and
+checkpoints, so runs that differ in anything (learning rate, depth, budget) never share a folder.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
+from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
@@ -18,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_hc.callbacks import CheckpointOnException, stop_message  # noqa: F401  (CheckpointOnException: old configs)
 from lit_hc.hyper_connections import HCConfig
+from lit_hc.io import write_atomic
 
 TASK_NAMES = {"LanguageModel": "lm", "ImageClassifier": "vit"}
 LINKED = ("vocab_size", "block_size", "num_classes", "image_size")  # data module attribute -> model arch field
@@ -38,7 +43,8 @@ class HCCLI(LightningCLI):
         """
 
     def before_instantiate_classes(self) -> None:
-        """Name the TensorBoard run after the task, the residual variant and the seed: lm/dhc4-s0."""
+        """Name the TensorBoard run after the task, the variant, the seed and the configuration (lm/dhc4-s0-1a2b3c4d),
+        and refuse a folder that holds a run of another configuration."""
         config = self.config.get(self.subcommand, self.config)
         logger = config.trainer.get("logger")
         if not (hasattr(logger, "init_args") and logger.class_path.endswith("TensorBoardLogger")):
@@ -47,10 +53,47 @@ class HCCLI(LightningCLI):
         model_class = config.model.class_path.rsplit(".", 1)[-1]
         if init.get("name") in (None, "lightning_logs"):
             init.name = TASK_NAMES.get(model_class, model_class)
+        settings = run_settings(config)
         if init.get("version") is None:
             hc = config.model.init_args.get("hc")
             variant = HCConfig(**vars(hc)).name if hc is not None else "residual"
-            init.version = f"{variant}-s{config.seed_everything}"
+            init.version = f"{variant}-s{config.seed_everything}-{fingerprint(settings)}"
+        claim_run_folder(Path(init.save_dir) / init.name / str(init.version), settings)
+
+
+# Settings that do not change what a run computes: where and how often it logs and checkpoints, and how many
+# devices share it (the data order and the batch do not depend on them). Everything else names the run.
+NOT_IN_NAME = ("config", "ckpt_path", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar",
+               "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.accelerator",
+               "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.default_root_dir")
+
+
+def run_settings(config) -> dict:
+    """The settings that define a run, as plain sorted JSON-able data."""
+    flat = {k: v for k, v in config.clone().as_flat().__dict__.items()
+            if not any(k == skip or k.startswith(skip + ".") for skip in NOT_IN_NAME)}
+    return json.loads(json.dumps(dict(sorted(flat.items())), default=str))
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def claim_run_folder(folder: Path, settings: dict) -> None:
+    """Record the run's settings in its folder (run_settings.json), or refuse the folder in one line when it holds
+    a run of other settings: two configurations never merge their events and checkpoints."""
+    path = folder / "run_settings.json"
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | theirs.keys() if settings.get(k) != theirs.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} now" for k in changed[:3])
+            raise ValueError(f"run folder {folder} holds a run of another configuration ({shown}"
+                             f"{', ...' if len(changed) > 3 else ''}): leave trainer.logger.init_args.version unset "
+                             "(each configuration gets its own folder) or choose another version")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(settings, indent=1) + "\n")
 
 
 def prepare_main(argv: list[str]) -> None:
