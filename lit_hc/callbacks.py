@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_hc.lightning_compat import dump_checkpoint, set_logging_step
+
 
 def newest_checkpoint(trainer) -> str:
     """The most recent checkpoint file of the run (exception checkpoints excluded), or 'none saved yet'."""
@@ -86,7 +88,7 @@ class CheckpointOnException(Callback):
             # Perhaps a DDP peer died: no collective here (trainer.save_checkpoint ends in a barrier that would wait
             # for it), rank 0 writes the file alone.
             if trainer.is_global_zero:
-                state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                state = dump_checkpoint(trainer)
                 trainer.strategy.checkpoint_io.save_checkpoint(state, os.path.join(folder, self.filename))
             return
         # A signal reaches every rank (Lightning forwards it), so all of them save together, at a step boundary.
@@ -112,7 +114,7 @@ class CheckpointOnException(Callback):
 
     def on_train_batch_start(self, trainer, *args) -> None:
         if self._resync_log_step:
-            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            set_logging_step(trainer, trainer.global_step)
             self._resync_log_step = False
 
 

@@ -23,24 +23,17 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_hc.callbacks import CheckpointOnException, stop_message  # noqa: F401  (CheckpointOnException: old configs)
 from lit_hc.hyper_connections import HCConfig
 from lit_hc.io import write_atomic
+from lit_hc.lightning_compat import KeepGivenConfigOnResume
 
 TASK_NAMES = {"LanguageModel": "lm", "ImageClassifier": "vit"}
 LINKED = ("vocab_size", "block_size", "num_classes", "image_size")  # data module attribute -> model arch field
 
 
-class HCCLI(LightningCLI):
+class HCCLI(KeepGivenConfigOnResume, LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Each link applies only when the chosen data module has the attribute (text or images).
         for name in LINKED:
             parser.link_arguments(f"data.{name}", f"model.init_args.arch.{name}", apply_on="instantiate")
-
-    def _parse_ckpt_path(self) -> None:
-        """Keep the configuration given on the command line when --ckpt_path is a file.
-
-        Lightning would replace the model's config by the checkpoint's hyperparameters, silently turning e.g. a
-        requested DHC x2 back into the checkpoint's variant. Here the given config is the truth, and a checkpoint
-        that does not fit it is refused with one line (LanguageModel/ImageClassifier.on_load_checkpoint).
-        """
 
     def before_instantiate_classes(self) -> None:
         """Name the TensorBoard run after the task, the variant, the seed and the configuration (lm/dhc4-s0-1a2b3c4d),

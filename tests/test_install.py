@@ -39,3 +39,16 @@ def test_public_names_resolve_to_the_classes():
     assert set(lit_hc.__all__) <= set(dir(lit_hc))
     with pytest.raises(AttributeError, match="has no attribute 'NoSuchThing'"):
         lit_hc.NoSuchThing  # noqa: B018
+
+
+def test_lightning_internals_are_used_in_one_module_only():
+    """Every use of a private Lightning attribute lives in lit_hc/lightning_compat.py, with the reason beside it."""
+    import re
+    from pathlib import Path
+
+    import lit_hc
+
+    private = re.compile(r"_checkpoint_connector|_batches_that_stepped|_parse_ckpt_path|fit_loop\.\w*\._|trainer\._")
+    root = Path(lit_hc.__file__).parent
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if private.search(p.read_text()))
+    assert users == ["lightning_compat.py"]
