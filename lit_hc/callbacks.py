@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_hc.checkpoint_io import CheckpointError
 from lit_hc.lightning_compat import dump_checkpoint, set_logging_step
 
 
@@ -82,8 +83,8 @@ class CheckpointOnException(Callback):
         checkpoint = trainer.checkpoint_callback
         folder = getattr(checkpoint, "dirpath", None) or (
             os.path.join(trainer.logger.log_dir, "checkpoints") if trainer.logger and trainer.logger.log_dir else None)
-        if trainer.global_step == 0 or folder is None:
-            return
+        if trainer.global_step == 0 or folder is None or isinstance(exception, CheckpointError):
+            return  # nothing trained yet, nowhere to write, or writing is what failed (a full disk)
         if not stopped_by_signal:
             # Perhaps a DDP peer died: no collective here (trainer.save_checkpoint ends in a barrier that would wait
             # for it), rank 0 writes the file alone.

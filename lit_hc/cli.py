@@ -18,9 +18,11 @@ from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_hc.callbacks import CheckpointOnException, stop_message  # noqa: F401  (CheckpointOnException: old configs)
+from lit_hc.checkpoint_io import AtomicCheckpointIO, CheckpointError
 from lit_hc.hyper_connections import HCConfig
 from lit_hc.io import write_atomic
 from lit_hc.lightning_compat import KeepGivenConfigOnResume
@@ -52,6 +54,25 @@ class HCCLI(KeepGivenConfigOnResume, LightningCLI):
             variant = HCConfig(**vars(hc)).name if hc is not None else "residual"
             init.version = f"{variant}-s{config.seed_everything}-{fingerprint(settings)}"
         claim_run_folder(Path(init.save_dir) / init.name / str(init.version), settings)
+
+
+    def instantiate_trainer(self, **kwargs):
+        """Every trainer writes checkpoints atomically (AtomicCheckpointIO) unless the config names another
+        CheckpointIO plugin."""
+        config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        plugins = config["trainer"].get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(**kwargs, plugins=plugins)
+
+    def before_fit(self) -> None:
+        """`--ckpt_path last` with no checkpoint in the run folder: say in one line that the run starts fresh."""
+        config = self.config_init[self.subcommand]
+        folder = Path(self.trainer.log_dir or ".") / "checkpoints"
+        if config.get("ckpt_path") == "last" and not any(folder.glob("*.ckpt")):
+            print(f"lit-hc: --ckpt_path last: no checkpoint in {folder} yet; starting fresh", file=sys.stderr)
+            config["ckpt_path"] = None
 
 
 # Settings that do not change what a run computes: where and how often it logs and checkpoints, and how many
@@ -157,6 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         message, code = stop_message(e)
         print(f"lit-hc: {message}", file=sys.stderr)
         sys.exit(code)
+    except CheckpointError as e:  # a checkpoint that cannot be written (full disk) or read (corrupt)
+        print(f"lit-hc: error: {e}", file=sys.stderr)
+        sys.exit(1)
     except BAD_INPUT as e:  # bad input: one line that says what to fix, no traceback
         print(f"lit-hc: error: {describe(e)}", file=sys.stderr)
         sys.exit(2)

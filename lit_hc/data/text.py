@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_hc.data import stateful_loader
 from lit_hc.data.tokenizers import Tokenizer, get_tokenizer, padded_vocab_size
+from lit_hc.io import write_atomic, write_atomic_with
 
 TEXT_SUFFIXES = (".txt", ".py", ".md")
 
@@ -142,7 +143,12 @@ class TextDataModule(L.LightningDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(f"text source {self.root} is not a folder: pass data.source=stdlib, a folder of "
                                     f"{'/'.join(TEXT_SUFFIXES)} files, or a folder made by `lit-hc prepare`")
-        return json.loads((self.root / "meta.json").read_text()) if self.shards else {}
+        if not self.shards:
+            return {}
+        if not (self.root / "meta.json").is_file():
+            raise ValueError(f"{self.root} has train.bin but no meta.json: an interrupted `lit-hc prepare`; run it "
+                             "again with the same arguments")
+        return json.loads((self.root / "meta.json").read_text())
 
     @property
     def shards(self) -> bool:
@@ -235,13 +241,14 @@ def prepare_shards(source: str, out: str, tokenizer: str = "byte", val_fraction:
     train_files, val_files = split_files(root, val_fraction)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # meta.json goes first and comes back last: a prepare interrupted at any point leaves shards without it,
+    # which TextDataModule refuses (never old metadata beside new shards).
+    (out_dir / "meta.json").unlink(missing_ok=True)
     meta = {"tokenizer": tokenizer, "vocab_size": tok.vocab_size, "dtype": np.dtype(tok.dtype).name,
             "source": str(root), "val_fraction": val_fraction}
     for split, files in (("train", train_files), ("val", val_files)):
         tokens = encode_files(files, tok)
-        tmp = out_dir / f"{split}.bin.tmp"
-        tokens.tofile(tmp)
-        tmp.replace(out_dir / f"{split}.bin")  # never a half-written shard under the final name
+        write_atomic_with(out_dir / f"{split}.bin", tokens.tofile)  # never a half-written shard under its name
         meta[f"{split}_tokens"], meta[f"{split}_files"] = int(len(tokens)), len(files)
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
     return meta
