@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from lit_hc.hf import find_block_class, hc_param_groups, inject_hc
 from lit_hc.hyper_connections import HCConfig
-from lit_hc.tasks import OptimConfig, _as
+from lit_hc.tasks import OptimConfig, StageSteps, _as
 
 
 @dataclass
@@ -27,7 +27,7 @@ class TextShape:
     block_size: int | None = None
 
 
-class HFCausalLM(L.LightningModule):
+class HFCausalLM(StageSteps, L.LightningModule):
     """A Hugging Face causal LM with the residual variant `hc` injected around its blocks."""
 
     def __init__(
@@ -108,15 +108,6 @@ class HFCausalLM(L.LightningModule):
         if stage != "train":
             self.log(f"{stage}/ppl", torch.exp(loss), sync_dist=True)
         return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.step(batch, "test")
 
     def configure_optimizers(self):
         groups = hc_param_groups(self.model, self.optim.lr, self.optim.weight_decay, self.hparams.hc_lr_multiplier)

@@ -100,7 +100,23 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class HCTask(L.LightningModule):
+class StageSteps:
+    """Lightning's training/validation/test steps as one `step(batch, stage)` with stage 'train', 'val' or 'test'."""
+
+    def step(self, batch, stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.step(batch, "test")
+
+
+class HCTask(StageSteps, L.LightningModule):
     """What both tasks share: optimizer and schedule, throughput, connection logging, final hparams."""
 
     throughput_unit = "samples"
@@ -135,18 +151,6 @@ class HCTask(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.step(batch, "test")
-
-    def step(self, batch, stage: str) -> torch.Tensor:
-        raise NotImplementedError
 
     def _epoch_end(self, stage: str) -> None:
         """Compute, log and reset the epoch metrics of 'val' or 'test'."""
