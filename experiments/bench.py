@@ -35,15 +35,7 @@ from lit_hc import GPT, GPTConfig, HCConfig, ViT, ViTConfig
 from lit_hc.analysis import saved_activation_bytes
 from lit_hc.io import write_atomic
 
-VARIANTS = {
-    "residual": HCConfig(),
-    "shc4": HCConfig(kind="hc", expansion_rate=4, dynamic=False),
-    "dhc2": HCConfig(kind="hc", expansion_rate=2),
-    "dhc4": HCConfig(kind="hc", expansion_rate=4),
-    "dhc8": HCConfig(kind="hc", expansion_rate=8),
-    "dhc4-notanh": HCConfig(kind="hc", expansion_rate=4, use_tanh=False),
-    "mhc4": HCConfig(kind="mhc", expansion_rate=4),
-}
+VARIANTS = {name: HCConfig.from_name(name) for name in ("residual", "shc4", "dhc2", "dhc4", "dhc8", "dhc4-notanh", "mhc4")}
 TARGETS = {"shc4": 1.10, "dhc4": 1.15, "mhc4": 1.25, "dhc8": 1.35}  # training-step ratio targets this project set itself
 MODELS = {
     "lm": dict(arch=GPTConfig(vocab_size=256, block_size=256, n_layer=6, n_head=4, n_embd=256), batch=8),

@@ -11,6 +11,7 @@ so a Transformer block is written once and does not know which variant it runs.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -83,6 +84,27 @@ class HCConfig:
         suffix = "-notanh" if self.dynamic and not self.use_tanh else ""
         suffix += ("-frozenwidth" if self.freeze_width else "") + ("-frozenbeta" if self.freeze_beta else "")
         return base + suffix + init_suffix
+
+    @classmethod
+    def from_name(cls, name: str) -> "HCConfig":
+        """The inverse of `name`: 'residual', 'shc4', 'dhc8', 'dhc4-notanh', 'dhc2-frozenbeta', 'mhc4',
+        'residual-init-0.5', 'dhc4-init-none' (the names of configs/hc/*.yaml)."""
+        match = re.fullmatch(r"(?:(residual)|([sdm])hc(\d+)(-notanh)?(-frozenwidth)?(-frozenbeta)?)(?:-init-(.+))?", name)
+        if not match:
+            raise ValueError(f"{name!r} is not a variant name: residual, shc<n>, dhc<n>[-notanh][-frozenwidth]"
+                             "[-frozenbeta] or mhc<n>, each optionally -init-<none|divide|multiply|number>")
+        residual, letter, n, notanh, frozen_width, frozen_beta, init = match.groups()
+        scale = "auto" if init is None else init if init in OUTPUT_INIT_SCALES else float(init)
+        if residual:
+            return cls(output_init_scale=scale)
+        if letter == "m":
+            if notanh or frozen_width or frozen_beta:
+                raise ValueError(f"{name!r}: -notanh and -frozen* are HC ablations, not mHC ones")
+            return cls("mhc", int(n), output_init_scale=scale)
+        if letter == "s" and notanh:
+            raise ValueError(f"{name!r}: -notanh is a dynamic-HC ablation (static HC has no tanh)")
+        return cls("hc", int(n), dynamic=letter == "d", use_tanh=not notanh, freeze_width=bool(frozen_width),
+                   freeze_beta=bool(frozen_beta), output_init_scale=scale)
 
     def output_init_factor(self) -> float:
         """Multiplier on the init std of sub-layer output projections."""
@@ -230,7 +252,8 @@ class Residual(StreamConnection):
 
 
 class HyperConnection(StreamConnection):
-    """Static (SHC) or dynamic (DHC) hyper-connection around one sub-layer (Zhu et al. 2025, "Static" and "Dynamic Hyper-Connections"; init as in their Eq. 14).
+    """Static (SHC) or dynamic (DHC) hyper-connection around one sub-layer (Zhu et al. 2025, static and dynamic
+    hyper-connections; initialised as in their Eq. 14).
 
     static_alpha (n, n+1) = [A_m | A_r], static_beta (n,) = B. DHC adds, per token and stream,
     alpha += s_alpha * act(norm(H) @ W_alpha) and beta += s_beta * act(norm(H) @ W_beta).

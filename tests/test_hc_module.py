@@ -1,4 +1,5 @@
-"""The connection modules match the papers' equations written out directly (HC: static and dynamic HC; mHC: H_pre, H_post, H_res), forward and backward."""
+"""The connection modules match the papers' equations written out directly (static and dynamic HC; mHC's H_pre,
+H_post and H_res), forward and backward."""
 import pytest
 import torch
 import torch.nn.functional as F

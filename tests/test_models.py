@@ -160,7 +160,13 @@ def test_config_names():
     from helpers import CONFIGS
 
     for path in (CONFIGS / "hc").glob("*.yaml"):
-        assert HCConfig(**yaml.safe_load(path.read_text())["model"]["init_args"]["hc"]).name == path.stem
+        config = HCConfig(**yaml.safe_load(path.read_text())["model"]["init_args"]["hc"])
+        assert config.name == path.stem and HCConfig.from_name(path.stem) == config  # one notation, both ways
+    for name in ("dhc2-frozenwidth-frozenbeta", "shc8-init-multiply", "mhc2-init-0.25"):
+        assert HCConfig.from_name(name).name == name
+    for bad in ("dhc", "hc4", "mhc4-notanh", "shc2-notanh", "dhc4-init-"):
+        with pytest.raises(ValueError, match="variant name|ablation|output_init_scale"):
+            HCConfig.from_name(bad)
 
 
 def test_the_variant_is_decided_in_one_place():
