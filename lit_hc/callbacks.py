@@ -146,6 +146,9 @@ class NonFiniteGuard(Callback):
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if not grads:
             return
+        # Not lightning.pytorch.utilities.grad_norm: it takes each norm in the gradient's dtype (bf16 under mixed
+        # precision) and builds the total with torch.tensor(list of norms), a host copy per parameter on GPU.
+        # Here: float32, one device-side reduction, no synchronisation until the value is logged.
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
         if self.log_grad_norm:
             pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
