@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -111,18 +112,28 @@ def claim_run_folder(folder: Path, settings: dict) -> None:
 
 
 def prepare_main(argv: list[str]) -> None:
-    from lit_hc.data.text import prepare_shards
+    from lit_hc.data.prepare import prepare_shards
 
-    parser = argparse.ArgumentParser(prog="lit-hc prepare", description="Tokenize a folder of text into "
-                                     "nanoGPT-style train.bin / val.bin shards for TextDataModule(source=OUT).")
-    parser.add_argument("--source", default="stdlib", help="'stdlib' or a folder of .txt/.py/.md files")
+    parser = argparse.ArgumentParser(
+        prog="lit-hc prepare", description="Tokenize documents (text folders, .jsonl(.gz), .parquet, a saved Hugging "
+        "Face dataset) into nanoGPT-style train.bin / val.bin shards for TextDataModule(source=OUT). Resumable: run "
+        "the same command again after an interruption.")
+    parser.add_argument("--source", default="stdlib", help="'stdlib', a folder or file of text / .jsonl(.gz) / "
+                        ".parquet, or a folder written by datasets' save_to_disk")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tokenizer", default="byte", choices=["byte", "gpt2"])
+    parser.add_argument("--tokenizer", default="byte", help="'byte', 'gpt2' (tiktoken), or a Hugging Face tokenizer: "
+                        "a tokenizer.json, a folder with one, or a name in the local Hugging Face cache")
     parser.add_argument("--val_fraction", type=float, default=0.05)
+    parser.add_argument("--text_field", default="text", help="the text column of .jsonl / .parquet / datasets")
+    parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
     args = parser.parse_args(argv)
-    meta = prepare_shards(args.source, args.out, args.tokenizer, args.val_fraction)
+    workers = args.workers or os.cpu_count() or 1
+    meta = prepare_shards(args.source, args.out, args.tokenizer, args.val_fraction, args.text_field, workers,
+                          progress=sys.stderr.isatty())
+    reused = f", {meta['reused_chunks']} chunks reused from an interrupted run" if meta["reused_chunks"] else ""
     print(f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
-          f"({meta['tokenizer']}, {meta['dtype']})")
+          f"({meta['tokenizer']}, {meta['dtype']}) in {meta['seconds']:.1f} s, {meta['docs_per_s']:,.0f} documents/s, "
+          f"{meta['tokens_per_s']:,.0f} tokens/s{reused}")
 
 
 def cli_main(args: list[str] | None = None) -> HCCLI:

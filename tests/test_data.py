@@ -7,7 +7,8 @@ from helpers import CONFIGS, lm_args, vit_args, write_toy_corpus, write_toy_imag
 from lit_hc.cli import main
 from lit_hc.data import shapes
 from lit_hc.data.images import ImageFolderDataModule, UnreadableImage
-from lit_hc.data.text import FixedWindows, RandomWindows, TextDataModule, prepare_shards, split_files, stdlib_root
+from lit_hc.data.prepare import prepare_shards
+from lit_hc.data.text import FixedWindows, RandomWindows, TextDataModule, split_files, stdlib_root
 from lit_hc.data.tokenizers import ByteTokenizer
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sysconfig
-import zlib
 from pathlib import Path
 
 import lightning as L
@@ -20,32 +18,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lit_hc.data import stateful_loader
-from lit_hc.data.tokenizers import Tokenizer, get_tokenizer, padded_vocab_size
-from lit_hc.io import write_atomic, write_atomic_with
-
-TEXT_SUFFIXES = (".txt", ".py", ".md")
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def list_text_files(root: Path) -> list[Path]:
-    """Text files below root, sorted by path (site-packages excluded, so the stdlib corpus is the stdlib)."""
-    return sorted(
-        p for p in root.rglob("*")
-        if p.suffix in TEXT_SUFFIXES and p.is_file() and "site-packages" not in p.relative_to(root).parts
-    )
-
-
-def is_val_file(relative_path: str, val_fraction: float) -> bool:
-    """Deterministic train/val split by path: the same file lands in the same split on every machine."""
-    return zlib.crc32(relative_path.encode()) % 10_000 < val_fraction * 10_000
-
+from lit_hc.data.prepare import TEXT_SUFFIXES, is_val, list_text_files, stdlib_root
+from lit_hc.data.tokenizers import TOKENIZERS, ShardVocabulary, Tokenizer, get_tokenizer, padded_vocab_size
 
 def split_files(root: Path, val_fraction: float) -> tuple[list[Path], list[Path]]:
     files = list_text_files(root)
-    val = [f for f in files if is_val_file(f.relative_to(root).as_posix(), val_fraction)]
+    val = [f for f in files if is_val(f.relative_to(root).as_posix(), val_fraction)]
     val_set = set(val)
     return [f for f in files if f not in val_set], val
 
@@ -156,7 +134,9 @@ class TextDataModule(L.LightningDataModule):
 
     @functools.cached_property
     def tokenizer(self) -> Tokenizer:
-        return get_tokenizer(self.meta.get("tokenizer", self.hparams.tokenizer))
+        name = self.meta.get("tokenizer", self.hparams.tokenizer)
+        # shards of a Hugging Face tokenizer train without it: meta.json says all that training needs
+        return ShardVocabulary(self.meta) if self.meta and name not in TOKENIZERS else get_tokenizer(name)
 
     @property
     def vocab_size(self) -> int:
@@ -230,25 +210,3 @@ def load_shard(path: Path, dtype: np.dtype, meta: dict | None = None, split: str
         raise ValueError(f"shard {path} has token id {int(head.max())}, outside the {meta.get('tokenizer')} vocabulary "
                          f"of {vocab_size}: {fix}")
     return tokens
-
-
-def prepare_shards(source: str, out: str, tokenizer: str = "byte", val_fraction: float = 0.05) -> dict:
-    """Tokenize a folder of text (or 'stdlib') into out/train.bin, out/val.bin and out/meta.json."""
-    root = stdlib_root() if source == "stdlib" else Path(source).expanduser()
-    if not root.is_dir() or not list_text_files(root):
-        raise FileNotFoundError(f"text source {root} is missing or has no {'/'.join(TEXT_SUFFIXES)} files")
-    tok = get_tokenizer(tokenizer)
-    train_files, val_files = split_files(root, val_fraction)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # meta.json goes first and comes back last: a prepare interrupted at any point leaves shards without it,
-    # which TextDataModule refuses (never old metadata beside new shards).
-    (out_dir / "meta.json").unlink(missing_ok=True)
-    meta = {"tokenizer": tokenizer, "vocab_size": tok.vocab_size, "dtype": np.dtype(tok.dtype).name,
-            "source": str(root), "val_fraction": val_fraction}
-    for split, files in (("train", train_files), ("val", val_files)):
-        tokens = encode_files(files, tok)
-        write_atomic_with(out_dir / f"{split}.bin", tokens.tofile)  # never a half-written shard under its name
-        meta[f"{split}_tokens"], meta[f"{split}_files"] = int(len(tokens)), len(files)
-    write_atomic(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
-    return meta
