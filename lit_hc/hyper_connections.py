@@ -285,8 +285,9 @@ class HyperConnection(StreamConnection):
             # W = 0 at init, so DHC starts exactly as SHC; the scales 0.01 keep early updates small.
             self.dynamic_alpha_fn = nn.Parameter(torch.zeros(dim, n + 1))
             self.dynamic_beta_fn = nn.Parameter(torch.zeros(dim))
-            self.dynamic_alpha_scale = nn.Parameter(torch.tensor(0.01))
-            self.dynamic_beta_scale = nn.Parameter(torch.tensor(0.01))
+            # shape (1,), not (): FSDP cannot shard 0-dim parameters
+            self.dynamic_alpha_scale = nn.Parameter(torch.full((1,), 0.01))
+            self.dynamic_beta_scale = nn.Parameter(torch.full((1,), 0.01))
         width = [self.static_alpha] + ([self.dynamic_alpha_fn] if dynamic else [])
         depth = [self.static_beta] + ([self.dynamic_beta_fn] if dynamic else [])
         for p in (width if freeze_width else []) + (depth if freeze_beta else []):
@@ -348,9 +349,9 @@ class ManifoldHyperConnection(StreamConnection):
         self.expansion_rate, self.layer_idx, self.sinkhorn_iters = n, layer_idx, sinkhorn_iters
         self.norm = nn.RMSNorm(n * dim, elementwise_affine=False)  # a gain would be absorbed by phi
         self.phi = nn.Parameter(torch.zeros(n * dim, 2 * n + n * n))  # 0 at init: coefficients = their biases
-        self.a_pre = nn.Parameter(torch.tensor(0.01))
-        self.a_post = nn.Parameter(torch.tensor(0.01))
-        self.a_res = nn.Parameter(torch.tensor(0.01))
+        self.a_pre = nn.Parameter(torch.full((1,), 0.01))  # shape (1,): FSDP cannot shard 0-dim parameters
+        self.a_post = nn.Parameter(torch.full((1,), 0.01))
+        self.a_res = nn.Parameter(torch.full((1,), 0.01))
         # Init = Pre-Norm residual: H_pre sums to 1, H_post = 1, H_res doubly stochastic (as the mHC paper initialises them).
         # H_pre favours stream k mod n (0.9, the rest share 0.1), like HC's one-hot A_m: with uniform 1/n and
         # identical streams the module is symmetric under permuting streams, so the streams could never diverge.
