@@ -16,12 +16,13 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_hc.analysis import connection_matrices, residual_gains, unrolled_connections
+from lit_hc.analysis import connection_matrices, residual_gains, training_flops, unrolled_connections
 from lit_hc.gpt import GPT, GPTConfig
 from lit_hc.hyper_connections import HCConfig
 from lit_hc.optim import param_groups
@@ -100,6 +101,14 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The accelerator's peak FLOP/s at the training precision (Lightning's table of GPUs); None on CPU."""
+    if device.type == "cpu":
+        return None
+    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
+    return get_available_flops(device, dtype)
+
+
 class StageSteps:
     """Lightning's training/validation/test steps as one `step(batch, stage)` with stage 'train', 'val' or 'test'."""
 
@@ -141,6 +150,7 @@ class HCTask(StageSteps, L.LightningModule):
         if compile:
             self.net.compile()  # in place: parameter names (and checkpoints) stay those of the eager model
         self._last_batch_end: float | None = None
+        self._flops_per_unit, self._peak_flops = 0.0, None
         self._final_metrics: dict[str, float] = {}
         self._rng_states_to_restore: dict | None = None
         self._rng_states_after_step: dict | None = None
@@ -166,11 +176,21 @@ class HCTask(StageSteps, L.LightningModule):
         groups = param_groups(self.net, self.optim.weight_decay)
         return self.optim.build(groups, self.trainer.estimated_stepping_batches)
 
+    def on_fit_start(self) -> None:
+        # Model FLOPs utilisation (HC's extra arithmetic counted, as the papers count overhead) on accelerators whose
+        # peak Lightning knows; None on CPU. Not Lightning's ThroughputMonitor: this project's summaries read
+        # train/<unit>_per_sec from the event files of every committed run.
+        self._flops_per_unit = training_flops(self.net.config, 1)
+        self._peak_flops = peak_flops(self.device, str(self.trainer.precision))
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
         if self._last_batch_end is not None:  # wall time between batches: data, forward, backward, step
             units = batch[0].numel() if self.throughput_unit == "tokens" else batch[0].shape[0]
-            self.log(f"train/{self.throughput_unit}_per_sec", units * self.trainer.world_size / (now - self._last_batch_end))
+            rate = units * self.trainer.world_size / (now - self._last_batch_end)
+            self.log(f"train/{self.throughput_unit}_per_sec", rate)
+            if self._peak_flops:
+                self.log("train/mfu", rate * self._flops_per_unit / (self._peak_flops * self.trainer.world_size))
         self._last_batch_end = now
         every = self.log_connections_every_n_steps
         if every and self.hc.kind != "residual" and self.global_step % every == 0:

@@ -1,8 +1,11 @@
 """Real `lit-hc fit` runs through the CLI (in-process), both tasks, several residual variants."""
+import dataclasses
+
 import pytest
 import torch
 
 from helpers import CONFIGS, images, lm_args, run_dir, scalars, vit_args, write_toy_corpus, write_toy_images
+from lit_hc import HCConfig
 from lit_hc.cli import cli_main
 
 LM_VARIANTS = ["residual", "dhc2", "mhc4"]
@@ -111,3 +114,21 @@ def test_runs_of_different_settings_never_share_a_folder(tmp_path, corpus, capsy
     assert len(err) == 1 and err[0].startswith(f"lit-hc: error: run folder {folders[0]} holds a run of another "
                                                "configuration (model.init_args.optim.lr: ")
     assert sorted(p.name for p in folders[0].rglob("*")) == before
+
+
+def test_mfu_is_logged_with_hc_flops_where_the_peak_is_known(tmp_path, corpus, monkeypatch):
+    """On an accelerator with a known peak, train/mfu = tokens/s x training FLOPs per token (HC included) / peak;
+    on CPU (no peak) nothing is logged. The peak is faked here so the CPU run takes the GPU path."""
+    from lit_hc import tasks
+    from lit_hc.analysis import training_flops
+
+    assert tasks.peak_flops(torch.device("cpu"), "32-true") is None
+    monkeypatch.setattr(tasks, "peak_flops", lambda device, precision: 1e12)
+    cli = cli_main(lm_args(tmp_path, corpus, 6, "--config", str(CONFIGS / "hc/dhc2.yaml"), "--trainer.log_every_n_steps", "1"))
+    s = scalars(run_dir(tmp_path / "lm", "dhc2"))
+    flops = training_flops(cli.model.net.config, 1)
+    assert flops > training_flops(dataclasses.replace(cli.model.net.config, hc=HCConfig()), 1)  # HC counted
+    rates, mfu = dict(s["train/tokens_per_sec"]), dict(s["train/mfu"])
+    assert mfu.keys() == rates.keys() and len(mfu) == 5
+    for step, value in mfu.items():
+        assert value == pytest.approx(rates[step] * flops / 1e12, rel=1e-5)
