@@ -32,7 +32,7 @@ test-fast: install ## Run the tests without the slow end-to-end ones
 TASK ?= all
 SCALE ?= cpu
 STUDY ?= main
-reproduce: install ## Run a study into results/ [STUDY=main|depth|controls] [TASK=lm|vit] [SEEDS=N] [QUICK=1] [SCALE=paper DATA=path]
+reproduce: install ## Run a study into results/ [STUDY=main|depth|controls] [TASK=lm|vit] [SEEDS=N] [QUICK=1] [SCALE=mid|paper DATA=path]
 	$(PY) -m experiments.reproduce --study $(STUDY) --task $(TASK) --scale $(SCALE) $(if $(QUICK),--quick) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA),--data $(DATA)) $(if $(RESULTS),--results $(RESULTS))
 

@@ -86,8 +86,13 @@ class Study:
 
 BASE_CONFIGS = {
     "cpu": {"lm": "configs/lm/base.yaml", "vit": "configs/vit/base.yaml"},
+    "mid": {"lm": "configs/lm/gpt2-small.yaml"},
     "paper": {"lm": "configs/lm/olmo-1b.yaml", "vit": "configs/vit/vit-b16.yaml"},
 }
+# Runs per variant of the GPU grids, whose configs hold the whole recipe (no knobs, no CPU budget): the mid-scale
+# one compares the baseline with DHC x4 over three paired seeds; the paper-scale one is every variant once.
+SCALED_GRIDS = {"mid": {"residual": 3, "dhc4": 3}, "paper": {"residual": 1, "dhc1": 1, "dhc2": 1, "dhc4": 1,
+                "dhc8": 1, "dhc4-notanh": 1, "shc2": 1, "shc4": 1, "mhc4": 1}}
 
 # LM regime of the depth study: byte-level GPT, width 64, 4 heads, context 128, batch 16, 600 steps
 # (1,228,800 tokens), AdamW 3e-3, warmup 60 steps then cosine to 0.1x. Step time on this 2-core CPU, residual /
@@ -182,6 +187,17 @@ LEGACY_VIT = {"residual": 3, "dhc1": 1, "dhc2": 1, "dhc4": 3, "dhc8": 1, "shc2":
 LEGACY_VIT_BUDGET = Budget(steps=250, batch_size=64, val_every=50)
 
 
+def scaled_study(task: str, scale: str, seeds: int | None = None) -> Study:
+    """The grid of a GPU scale: its config is the whole recipe (steps, batch, LR), so runs carry no knobs."""
+    if task not in BASE_CONFIGS[scale]:
+        raise ValueError(f"there is no {scale}-scale {task} recipe; {scale} has {sorted(BASE_CONFIGS[scale])}")
+    counts = {v: max(n, seeds or 0) for v, n in SCALED_GRIDS[scale].items()}
+    runs = tuple(run(task, v, s) for s in range(max(counts.values())) for v, n in counts.items() if s < n)
+    return Study("main", task, Budget(steps=0, batch_size=0, val_every=0), runs,
+                 choice_seeds=tuple(range(max(counts.values()))),
+                 about=f"the {scale}-scale recipe ({BASE_CONFIGS[scale][task]}), paired by seed")
+
+
 def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Study:
     """The baseline-vs-HC grid of a task: every variant, paired by seed (order: see below). LM: the depth-study regime at LM_MAIN_DEPTH and LM_MAIN_LR, plus the cost
     control on the choice seeds: the baseline trained for DHC x4's wall-clock time (`residual-steps1100`)."""
@@ -218,7 +234,12 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
 STUDIES = {"main": main_study, "depth": depth_study, "controls": controls_study}
 
 
-def studies(name: str, tasks: list[str], quick: bool = False, seeds: int | None = None) -> list[Study]:
+def studies(name: str, tasks: list[str], quick: bool = False, seeds: int | None = None,
+            scale: str = "cpu") -> list[Study]:
+    if scale != "cpu":
+        if name != "main":
+            raise ValueError(f"--scale {scale} runs the main grid only (the {name} study is a CPU study)")
+        return [scaled_study(t, scale, seeds) for t in tasks if t in BASE_CONFIGS[scale]]
     if name == "main":
         return [main_study(t, quick, seeds) for t in tasks]
     study = STUDIES[name](quick)
@@ -232,7 +253,7 @@ PAPER = {
     "vit": {"residual": 76.38, "shc2": 77.60, "dhc2": 77.26},
 }
 
-# Paper scale, for a multi-GPU machine (not run here). GPU-hours are estimates: 6 * params * tokens FLOPs at
-# 40% of an H100's dense bf16 peak (989 TFLOP/s) for OLMo-1B; ViT-B/16 from 3 * 17.6 GFLOPs per
-# image, 1.28M images x 300 epochs at 30% utilisation.
-PAPER_GPU_HOURS = {"lm": 2_480, "vit": 19}
+# GPU-hours per run (not run here; estimates). Mid: lit_hc.analysis.training_flops of GPT-2 small for 10B tokens
+# (8.5e18) at 40% of an H100's dense bf16 peak (989 TFLOP/s), tested in tests/test_configs.py. Paper: 6 * params *
+# tokens for OLMo-1B at 40%; ViT-B/16 from 3 * 17.6 GFLOPs per image, 1.28M images x 300 epochs at 30%.
+GPU_HOURS = {"mid": {"lm": 6}, "paper": {"lm": 2_480, "vit": 19}}

@@ -495,11 +495,12 @@ if __name__ == "__main__":
     parser.add_argument("--task", choices=["lm", "vit", "all"], default="all")
     parser.add_argument("--results", default="results")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scale", choices=["cpu", "mid", "paper"], default="cpu", help="with --results results/<scale>")
     parser.add_argument("--allow-mixed-code", action="store_true")
     a = parser.parse_args()
     command = "python -m experiments.summarize " + " ".join(sys.argv[1:])
     try:
-        for study in studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick):
+        for study in studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick, scale=a.scale):
             summarize_study(Path(a.results), study, command, a.allow_mixed_code)
     except ValueError as e:
         sys.exit(f"summarize: error: {e}")

@@ -94,6 +94,21 @@ def hc_overhead(config: ModelConfig) -> dict[str, float]:
     }
 
 
+def training_flops(config: ModelConfig, units: float) -> float:
+    """Training FLOPs for `units` tokens (GPT) or images (ViT): 3 x the forward of `hc_overhead`, HC's extra
+    arithmetic included (backward = 2 x forward), plus the GPT's output head (2 x vocab x d per token), which the
+    non-embedding count leaves out. A ViT image is (image_size / patch_size)^2 + 1 tokens; its head is ignored."""
+    forward = hc_overhead(config)["flops_per_token"]
+    if isinstance(config, GPTConfig):
+        return 3 * (forward + 2 * config.vocab_size * config.n_embd) * units
+    return 3 * forward * ((config.image_size // config.patch_size) ** 2 + 1) * units
+
+
+def gpu_hours(flops: float, peak_flops: float = 989e12, utilisation: float = 0.4) -> float:
+    """Hours on one accelerator at `utilisation` of its peak (default: an H100's dense bf16 peak at 40%)."""
+    return flops / (peak_flops * utilisation) / 3600
+
+
 @torch.no_grad()
 def connection_matrices(model: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
     """The (n+1)x(n+1) HC matrix of every connection module, averaged over the batch and tokens of `inputs`.

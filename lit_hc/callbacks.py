@@ -11,6 +11,9 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_hc.checkpoint_io import CheckpointError
+from lit_hc.lightning_compat import dump_checkpoint, set_logging_step
+
 
 def newest_checkpoint(trainer) -> str:
     """The most recent checkpoint file of the run (exception checkpoints excluded), or 'none saved yet'."""
@@ -80,13 +83,13 @@ class CheckpointOnException(Callback):
         checkpoint = trainer.checkpoint_callback
         folder = getattr(checkpoint, "dirpath", None) or (
             os.path.join(trainer.logger.log_dir, "checkpoints") if trainer.logger and trainer.logger.log_dir else None)
-        if trainer.global_step == 0 or folder is None:
-            return
+        if trainer.global_step == 0 or folder is None or isinstance(exception, CheckpointError):
+            return  # nothing trained yet, nowhere to write, or writing is what failed (a full disk)
         if not stopped_by_signal:
             # Perhaps a DDP peer died: no collective here (trainer.save_checkpoint ends in a barrier that would wait
             # for it), rank 0 writes the file alone.
             if trainer.is_global_zero:
-                state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                state = dump_checkpoint(trainer)
                 trainer.strategy.checkpoint_io.save_checkpoint(state, os.path.join(folder, self.filename))
             return
         # A signal reaches every rank (Lightning forwards it), so all of them save together, at a step boundary.
@@ -112,7 +115,7 @@ class CheckpointOnException(Callback):
 
     def on_train_batch_start(self, trainer, *args) -> None:
         if self._resync_log_step:
-            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            set_logging_step(trainer, trainer.global_step)
             self._resync_log_step = False
 
 
@@ -143,6 +146,9 @@ class NonFiniteGuard(Callback):
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if not grads:
             return
+        # Not lightning.pytorch.utilities.grad_norm: it takes each norm in the gradient's dtype (bf16 under mixed
+        # precision) and builds the total with torch.tensor(list of norms), a host copy per parameter on GPU.
+        # Here: float32, one device-side reduction, no synchronisation until the value is logged.
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
         if self.log_grad_norm:
             pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)

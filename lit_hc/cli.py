@@ -5,40 +5,42 @@
 
 Configs compose by repeating --config (the last one wins). The data module's vocab_size / block_size
 (text) or num_classes / image_size (images) are linked into the model's `arch`, and each run is logged to
-<save_dir>/<task>/<variant>-s<seed> with its full config.yaml, TensorBoard events and checkpoints.
+<save_dir>/<task>/<variant>-s<seed>-<hash of its settings> with its full config.yaml, TensorBoard events and
+checkpoints, so runs that differ in anything (learning rate, depth, budget) never share a folder.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import sys
+from pathlib import Path
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_hc.callbacks import CheckpointOnException, stop_message  # noqa: F401  (CheckpointOnException: old configs)
+from lit_hc.checkpoint_io import AtomicCheckpointIO, CheckpointError
 from lit_hc.hyper_connections import HCConfig
+from lit_hc.io import write_atomic
+from lit_hc.lightning_compat import KeepGivenConfigOnResume
 
 TASK_NAMES = {"LanguageModel": "lm", "ImageClassifier": "vit"}
 LINKED = ("vocab_size", "block_size", "num_classes", "image_size")  # data module attribute -> model arch field
 
 
-class HCCLI(LightningCLI):
+class HCCLI(KeepGivenConfigOnResume, LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Each link applies only when the chosen data module has the attribute (text or images).
         for name in LINKED:
             parser.link_arguments(f"data.{name}", f"model.init_args.arch.{name}", apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
-        """Keep the configuration given on the command line when --ckpt_path is a file.
-
-        Lightning would replace the model's config by the checkpoint's hyperparameters, silently turning e.g. a
-        requested DHC x2 back into the checkpoint's variant. Here the given config is the truth, and a checkpoint
-        that does not fit it is refused with one line (LanguageModel/ImageClassifier.on_load_checkpoint).
-        """
-
     def before_instantiate_classes(self) -> None:
-        """Name the TensorBoard run after the task, the residual variant and the seed: lm/dhc4-s0."""
+        """Name the TensorBoard run after the task, the variant, the seed and the configuration (lm/dhc4-s0-1a2b3c4d),
+        and refuse a folder that holds a run of another configuration."""
         config = self.config.get(self.subcommand, self.config)
         logger = config.trainer.get("logger")
         if not (hasattr(logger, "init_args") and logger.class_path.endswith("TensorBoardLogger")):
@@ -47,25 +49,91 @@ class HCCLI(LightningCLI):
         model_class = config.model.class_path.rsplit(".", 1)[-1]
         if init.get("name") in (None, "lightning_logs"):
             init.name = TASK_NAMES.get(model_class, model_class)
+        settings = run_settings(config)
         if init.get("version") is None:
             hc = config.model.init_args.get("hc")
             variant = HCConfig(**vars(hc)).name if hc is not None else "residual"
-            init.version = f"{variant}-s{config.seed_everything}"
+            init.version = f"{variant}-s{config.seed_everything}-{fingerprint(settings)}"
+        claim_run_folder(Path(init.save_dir) / init.name / str(init.version), settings)
+
+
+    def instantiate_trainer(self, **kwargs):
+        """Every trainer writes checkpoints atomically (AtomicCheckpointIO) unless the config names another
+        CheckpointIO plugin."""
+        config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
+        plugins = config["trainer"].get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        return super().instantiate_trainer(**kwargs, plugins=plugins)
+
+    def before_fit(self) -> None:
+        """`--ckpt_path last` with no checkpoint in the run folder: say in one line that the run starts fresh."""
+        config = self.config_init[self.subcommand]
+        folder = Path(self.trainer.log_dir or ".") / "checkpoints"
+        if config.get("ckpt_path") == "last" and not any(folder.glob("*.ckpt")):
+            print(f"lit-hc: --ckpt_path last: no checkpoint in {folder} yet; starting fresh", file=sys.stderr)
+            config["ckpt_path"] = None
+
+
+# Settings that do not change what a run computes: where and how often it logs and checkpoints, and how many
+# devices share it (the data order and the batch do not depend on them). Everything else names the run.
+NOT_IN_NAME = ("config", "ckpt_path", "trainer.logger", "trainer.callbacks", "trainer.enable_progress_bar",
+               "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.accelerator",
+               "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.default_root_dir")
+
+
+def run_settings(config) -> dict:
+    """The settings that define a run, as plain sorted JSON-able data."""
+    flat = {k: v for k, v in config.clone().as_flat().__dict__.items()
+            if not any(k == skip or k.startswith(skip + ".") for skip in NOT_IN_NAME)}
+    return json.loads(json.dumps(dict(sorted(flat.items())), default=str))
+
+
+def fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def claim_run_folder(folder: Path, settings: dict) -> None:
+    """Record the run's settings in its folder (run_settings.json), or refuse the folder in one line when it holds
+    a run of other settings: two configurations never merge their events and checkpoints."""
+    path = folder / "run_settings.json"
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | theirs.keys() if settings.get(k) != theirs.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {theirs.get(k)!r} there, {settings.get(k)!r} now" for k in changed[:3])
+            raise ValueError(f"run folder {folder} holds a run of another configuration ({shown}"
+                             f"{', ...' if len(changed) > 3 else ''}): leave trainer.logger.init_args.version unset "
+                             "(each configuration gets its own folder) or choose another version")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(settings, indent=1) + "\n")
 
 
 def prepare_main(argv: list[str]) -> None:
-    from lit_hc.data.text import prepare_shards
+    from lit_hc.data.prepare import prepare_shards
 
-    parser = argparse.ArgumentParser(prog="lit-hc prepare", description="Tokenize a folder of text into "
-                                     "nanoGPT-style train.bin / val.bin shards for TextDataModule(source=OUT).")
-    parser.add_argument("--source", default="stdlib", help="'stdlib' or a folder of .txt/.py/.md files")
+    parser = argparse.ArgumentParser(
+        prog="lit-hc prepare", description="Tokenize documents (text folders, .jsonl(.gz), .parquet, a saved Hugging "
+        "Face dataset) into nanoGPT-style train.bin / val.bin shards for TextDataModule(source=OUT). Resumable: run "
+        "the same command again after an interruption.")
+    parser.add_argument("--source", default="stdlib", help="'stdlib', a folder or file of text / .jsonl(.gz) / "
+                        ".parquet, or a folder written by datasets' save_to_disk")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--tokenizer", default="byte", choices=["byte", "gpt2"])
+    parser.add_argument("--tokenizer", default="byte", help="'byte', 'gpt2' (tiktoken), or a Hugging Face tokenizer: "
+                        "a tokenizer.json, a folder with one, or a name in the local Hugging Face cache")
     parser.add_argument("--val_fraction", type=float, default=0.05)
+    parser.add_argument("--text_field", default="text", help="the text column of .jsonl / .parquet / datasets")
+    parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores)")
     args = parser.parse_args(argv)
-    meta = prepare_shards(args.source, args.out, args.tokenizer, args.val_fraction)
+    workers = args.workers or os.cpu_count() or 1
+    meta = prepare_shards(args.source, args.out, args.tokenizer, args.val_fraction, args.text_field, workers,
+                          progress=sys.stderr.isatty())
+    reused = f", {meta['reused_chunks']} chunks reused from an interrupted run" if meta["reused_chunks"] else ""
     print(f"wrote {args.out}: {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
-          f"({meta['tokenizer']}, {meta['dtype']})")
+          f"({meta['tokenizer']}, {meta['dtype']}) in {meta['seconds']:.1f} s, {meta['docs_per_s']:,.0f} documents/s, "
+          f"{meta['tokens_per_s']:,.0f} tokens/s{reused}")
 
 
 def cli_main(args: list[str] | None = None) -> HCCLI:
@@ -121,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
         message, code = stop_message(e)
         print(f"lit-hc: {message}", file=sys.stderr)
         sys.exit(code)
+    except CheckpointError as e:  # a checkpoint that cannot be written (full disk) or read (corrupt)
+        print(f"lit-hc: error: {e}", file=sys.stderr)
+        sys.exit(1)
     except BAD_INPUT as e:  # bad input: one line that says what to fix, no traceback
         print(f"lit-hc: error: {describe(e)}", file=sys.stderr)
         sys.exit(2)

@@ -94,7 +94,7 @@ class GPT(nn.Module):
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
         # GPT-2: outputs added to the residual stream get std 0.02 / sqrt(2 * n_layer); HC multiplies that by
-        # its sqrt(n) factor (SPEC 2.3; 'divide' by default, a reading of the paper, see HCConfig).
+        # its sqrt(n) factor (HC paper Sec. 4; 'divide' by default, a reading of the paper, see HCConfig).
         std = 0.02 / math.sqrt(2 * self.config.n_layer) * self.config.hc.output_init_factor()
         for block in self.blocks:
             for proj in block.output_projections():

@@ -14,24 +14,21 @@ position embeddings) is untouched; streams are expanded before the first injecte
 after the last one. At injection every stream equals the original hidden state, so the model's outputs, masks,
 KV caches and `generate()` are exactly those of the original (tested for GPT-2, BERT, ViT and Llama).
 
-Needs the `hf` extra (`uv sync --extra hf` / `pip install lit-hc[hf]`); nothing else in lit-hc imports transformers.
+This module needs only torch (the models come from `transformers`, the `hf` extra: `uv sync --extra hf` /
+`pip install lit-hc[hf]`); fine-tuning through Lightning and the CLI is `lit_hc.finetune.HFCausalLM`.
 """
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Literal
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lit_hc.hyper_connections import HCConfig, HyperConnection, ManifoldHyperConnection, StreamConnection, expand_streams
 from lit_hc.optim import split_decay
-from lit_hc.tasks import OptimConfig, _as
 
 
 class InjectedBlock(nn.Module):
@@ -100,7 +97,7 @@ def _start_near_identity(hc: StreamConnection, epsilon: float) -> None:
 
 def inject_hc(model: nn.Module, target_class_name: str, expansion_rate: int = 4, kind: Literal["hc", "mhc"] = "hc",
               dynamic: bool = True, use_tanh: bool = True, epsilon: float | None = None, recompute: bool = False,
-              dim: int | None = None) -> nn.Module:
+              dim: int | None = None, hc: HCConfig | None = None) -> nn.Module:
     """Wrap every module of class `target_class_name` so the stack runs on `expansion_rate` streams (in place).
 
     Args:
@@ -112,12 +109,20 @@ def inject_hc(model: nn.Module, target_class_name: str, expansion_rate: int = 4,
             mHC at its default near-identity doubly stochastic matrix). The function at injection is unchanged.
         recompute: recompute the width connection in the backward pass instead of storing its activations.
         dim: hidden size; read from model.config when None.
+        hc: the whole residual variant (HCConfig: also freeze_width / freeze_beta, sinkhorn_iters); when given it
+            replaces kind, expansion_rate, dynamic and use_tanh. Its output_init_scale must stay 'auto' or
+            'none': the blocks' output projections are pretrained, and rescaling them would change the model.
     Returns the same model. Blocks are grouped by their parent container: each stack (encoder, decoder) gets its
     own expand before its first block and mean after its last.
     """
     if epsilon is not None and not 0 <= epsilon < 1:
         raise ValueError(f"epsilon={epsilon} must be in [0, 1)")
-    hc_config = HCConfig(kind=kind, expansion_rate=expansion_rate, dynamic=dynamic, use_tanh=use_tanh)
+    hc_config = hc or HCConfig(kind=kind, expansion_rate=expansion_rate, dynamic=dynamic, use_tanh=use_tanh)
+    if hc_config.kind == "residual":
+        raise ValueError("HCConfig.kind='residual' injects nothing: leave the model as it is for the baseline")
+    if hc_config.output_init_scale not in ("auto", "none"):
+        raise ValueError(f"HCConfig.output_init_scale={hc_config.output_init_scale!r} would rescale pretrained "
+                         "output projections and change the model: leave it 'auto' (nothing is rescaled)")
     if any(isinstance(m, InjectedBlock) for m in model.modules()):
         raise ValueError("this model already has injected hyper-connections")
     targets = [(name, m) for name, m in model.named_modules() if type(m).__name__ == target_class_name]
@@ -150,14 +155,14 @@ def inject_hc(model: nn.Module, target_class_name: str, expansion_rate: int = 4,
 def inject_mhc(model: nn.Module, target_class_name: str, max_history: int = 4, mode: Literal["hc", "mhc"] = "mhc",
                constraint: Literal["identity"] = "identity", epsilon: float = 0.1, detach_history: bool = False,
                dynamic: bool = True, dim: int | None = None) -> nn.Module:
-    """The seed document's entry point, mapped onto `inject_hc` (see README, "Hugging Face models"):
+    """An entry point with the argument names other HC ports use, mapped onto `inject_hc` (see README, "Hugging Face models"):
 
     - max_history -> expansion_rate: the number of residual streams (not a buffer of past layer outputs: HC's
       streams already carry every earlier output, weighted, which is what "history" describes).
     - mode -> kind: 'hc' or 'mhc'.
     - constraint='identity', epsilon -> the residual matrix starts as the identity with `epsilon` of cross-stream
       mixing (rows and columns still sum to 1), so the injected model computes exactly what it computed before.
-      The seed's "90% current block, 10% history" changes the function at injection; this does not.
+      A "90% current block, 10% history" start would change the function at injection; this does not.
     - detach_history -> recompute: the memory saver recomputes the stream mixing in the backward pass. Gradients
       still flow through every stream (detaching them would stop the connections from learning).
     """
@@ -254,104 +259,9 @@ def find_block_class(model: nn.Module) -> str:
     return names[0]
 
 
-@dataclass
-class TextShape:
-    """What a text data module feeds: linked by the CLI from the data module (as for GPT's arch)."""
+def __getattr__(name: str):  # PEP 562: the fine-tuning module moved to lit_hc.finetune (Lightning)
+    if name in ("HFCausalLM", "TextShape"):
+        from lit_hc import finetune
 
-    vocab_size: int | None = None
-    block_size: int | None = None
-
-
-class HFCausalLM(L.LightningModule):
-    """Fine-tune a Hugging Face causal LM with hyper-connections injected, on TextDataModule batches."""
-
-    def __init__(
-        self,
-        pretrained: str,
-        hc: HCConfig = HCConfig(kind="hc", expansion_rate=4),
-        target_class_name: str | None = None,
-        epsilon: float | None = None,
-        recompute: bool = False,
-        hc_lr_multiplier: float = 1.0,
-        optim: OptimConfig = OptimConfig(lr=5e-5, weight_decay=0.01, warmup_steps=50),
-        lora_rank: int = 0,
-        lora_target_modules: list[str] | None = None,
-        local_files_only: bool = True,
-        arch: TextShape = TextShape(),
-    ):
-        """
-        Args:
-            pretrained: a model name in the local Hugging Face cache, or a folder written by save_pretrained.
-            hc: the residual variant to inject (kind 'hc' or 'mhc', expansion_rate, dynamic, use_tanh);
-                kind 'residual' fine-tunes the unchanged model (the baseline).
-            target_class_name: the block class to wrap; None = the model's most repeated block class.
-            epsilon: initial cross-stream mixing of the residual matrix (see inject_hc).
-            recompute: recompute the stream mixing in backward (less memory, a little more time).
-            hc_lr_multiplier: learning rate of the HC parameters relative to optim.lr.
-            optim: AdamW and its warmup + cosine schedule.
-            lora_rank: > 0 adds peft LoRA adapters of this rank (the base weights are frozen; HC on top).
-            lora_target_modules: module names for LoRA (peft's defaults per model family when None).
-            local_files_only: never download (the default here); a missing model is a one-line error.
-            arch: the data's vocab_size (padded) and block_size, linked from the data module by the CLI; the block
-                size is checked against the model's positions, the tokenizer against its embeddings (at setup).
-        """
-        super().__init__()
-        self.save_hyperparameters()
-        from transformers import AutoModelForCausalLM
-
-        try:
-            model = AutoModelForCausalLM.from_pretrained(pretrained, local_files_only=local_files_only)
-        except OSError as e:
-            raise FileNotFoundError(
-                f"cannot load model {pretrained!r} from local files ({str(e).splitlines()[0]}): pass a folder "
-                f"written by save_pretrained, or fetch it once with `huggingface-cli download {pretrained}`"
-            ) from None
-        if lora_rank > 0:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank,
-                                                     target_modules=lora_target_modules))
-        self.block_class = target_class_name or find_block_class(model)
-        if hc.kind != "residual":
-            inject_hc(model, self.block_class, hc.expansion_rate, kind=hc.kind, dynamic=hc.dynamic,
-                      use_tanh=hc.use_tanh, epsilon=epsilon, recompute=recompute)
-        self.model, self.optim, self.hc = model.train(), optim, hc  # from_pretrained returns eval mode
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids).logits
-
-        self._check_fits(_as(TextShape, arch))
-
-    def _check_fits(self, shape: TextShape) -> None:
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        if shape.block_size is not None and positions is not None and shape.block_size > positions:
-            raise ValueError(f"data.init_args.block_size={shape.block_size} exceeds the {positions} positions of "
-                             f"{self.hparams.pretrained}: lower it")
-
-    def setup(self, stage: str) -> None:
-        tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
-        vocab = self.model.get_input_embeddings().num_embeddings
-        if tokenizer is not None and tokenizer.vocab_size > vocab:
-            raise ValueError(f"the data's {type(tokenizer).__name__} has {tokenizer.vocab_size} token ids but "
-                             f"{self.hparams.pretrained} embeds {vocab}: use the model's tokenizer "
-                             "(data.init_args.tokenizer gpt2 for GPT-2)")
-
-    def step(self, batch, stage: str) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "train", sync_dist=stage != "train")
-        if stage != "train":
-            self.log(f"{stage}/ppl", torch.exp(loss), sync_dist=True)
-        return loss
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.step(batch, "val")
-
-    def configure_optimizers(self):
-        o = self.optim
-        groups = hc_param_groups(self.model, o.lr, o.weight_decay, self.hparams.hc_lr_multiplier)
-        return o.build(groups, self.trainer.estimated_stepping_batches)
+        return getattr(finetune, name)
+    raise AttributeError(f"module 'lit_hc.hf' has no attribute {name!r}")

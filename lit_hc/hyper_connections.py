@@ -11,6 +11,7 @@ so a Transformer block is written once and does not know which variant it runs.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -84,6 +85,27 @@ class HCConfig:
         suffix += ("-frozenwidth" if self.freeze_width else "") + ("-frozenbeta" if self.freeze_beta else "")
         return base + suffix + init_suffix
 
+    @classmethod
+    def from_name(cls, name: str) -> "HCConfig":
+        """The inverse of `name`: 'residual', 'shc4', 'dhc8', 'dhc4-notanh', 'dhc2-frozenbeta', 'mhc4',
+        'residual-init-0.5', 'dhc4-init-none' (the names of configs/hc/*.yaml)."""
+        match = re.fullmatch(r"(?:(residual)|([sdm])hc(\d+)(-notanh)?(-frozenwidth)?(-frozenbeta)?)(?:-init-(.+))?", name)
+        if not match:
+            raise ValueError(f"{name!r} is not a variant name: residual, shc<n>, dhc<n>[-notanh][-frozenwidth]"
+                             "[-frozenbeta] or mhc<n>, each optionally -init-<none|divide|multiply|number>")
+        residual, letter, n, notanh, frozen_width, frozen_beta, init = match.groups()
+        scale = "auto" if init is None else init if init in OUTPUT_INIT_SCALES else float(init)
+        if residual:
+            return cls(output_init_scale=scale)
+        if letter == "m":
+            if notanh or frozen_width or frozen_beta:
+                raise ValueError(f"{name!r}: -notanh and -frozen* are HC ablations, not mHC ones")
+            return cls("mhc", int(n), output_init_scale=scale)
+        if letter == "s" and notanh:
+            raise ValueError(f"{name!r}: -notanh is a dynamic-HC ablation (static HC has no tanh)")
+        return cls("hc", int(n), dynamic=letter == "d", use_tanh=not notanh, freeze_width=bool(frozen_width),
+                   freeze_beta=bool(frozen_beta), output_init_scale=scale)
+
     def output_init_factor(self) -> float:
         """Multiplier on the init std of sub-layer output projections."""
         mode = self.output_init_scale
@@ -127,9 +149,9 @@ class _StreamMix(torch.autograd.Function):
         grad_mix[..., 1:, :] = 0 if grad_R is None else grad_R
         grad_H = grad_alpha = None
         if ctx.needs_input_grad[0]:
-            grad_H = _sum_to(torch.matmul(_per_token(alpha, grad_mix), grad_mix), H.shape)
+            grad_H = torch.matmul(_per_token(alpha, grad_mix), grad_mix).sum_to_size(H.shape)
         if ctx.needs_input_grad[1]:
-            grad_alpha = _sum_to(torch.matmul(H, grad_mix.transpose(-1, -2)), alpha.shape)
+            grad_alpha = torch.matmul(H, grad_mix.transpose(-1, -2)).sum_to_size(alpha.shape)
         return grad_H, grad_alpha
 
 
@@ -147,10 +169,10 @@ class _StreamAdd(torch.autograd.Function):
         y, beta = ctx.saved_tensors
         grad_y = grad_beta = None
         if ctx.needs_input_grad[0]:  # sum_j beta_j grad_j: (..., 1, n) @ (..., n, d)
-            grad_y = _sum_to(torch.matmul(_per_token(beta.unsqueeze(-2), grad), grad).squeeze(-2), y.shape)
+            grad_y = torch.matmul(_per_token(beta.unsqueeze(-2), grad), grad).squeeze(-2).sum_to_size(y.shape)
         if ctx.needs_input_grad[2]:  # <grad_j, y>: (..., n, d) @ (..., d, 1)
-            grad_beta = _sum_to(torch.matmul(grad, y.unsqueeze(-1)).squeeze(-1), beta.shape)
-        return grad_y, _sum_to(grad, ctx.R_shape) if ctx.needs_input_grad[1] else None, grad_beta
+            grad_beta = torch.matmul(grad, y.unsqueeze(-1)).squeeze(-1).sum_to_size(beta.shape)
+        return grad_y, grad.sum_to_size(ctx.R_shape) if ctx.needs_input_grad[1] else None, grad_beta
 
 
 def _per_token(coefficients: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -161,13 +183,6 @@ def _per_token(coefficients: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coefficients
 
 
-def _sum_to(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Reduce a broadcast gradient back to the shape of its input."""
-    if t.shape == shape:
-        return t
-    lead = t.dim() - len(shape)
-    dims = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and t.shape[i + lead] != 1)
-    return t.sum(dims, keepdim=True).reshape(shape) if dims else t
 
 
 def stream_mix(H: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,7 +252,8 @@ class Residual(StreamConnection):
 
 
 class HyperConnection(StreamConnection):
-    """Static (SHC) or dynamic (DHC) hyper-connection around one sub-layer (SPEC 2.1, 2.2).
+    """Static (SHC) or dynamic (DHC) hyper-connection around one sub-layer (Zhu et al. 2025, static and dynamic
+    hyper-connections; initialised as in their Eq. 14).
 
     static_alpha (n, n+1) = [A_m | A_r], static_beta (n,) = B. DHC adds, per token and stream,
     alpha += s_alpha * act(norm(H) @ W_alpha) and beta += s_beta * act(norm(H) @ W_beta).
@@ -269,8 +285,9 @@ class HyperConnection(StreamConnection):
             # W = 0 at init, so DHC starts exactly as SHC; the scales 0.01 keep early updates small.
             self.dynamic_alpha_fn = nn.Parameter(torch.zeros(dim, n + 1))
             self.dynamic_beta_fn = nn.Parameter(torch.zeros(dim))
-            self.dynamic_alpha_scale = nn.Parameter(torch.tensor(0.01))
-            self.dynamic_beta_scale = nn.Parameter(torch.tensor(0.01))
+            # shape (1,), not (): FSDP cannot shard 0-dim parameters
+            self.dynamic_alpha_scale = nn.Parameter(torch.full((1,), 0.01))
+            self.dynamic_beta_scale = nn.Parameter(torch.full((1,), 0.01))
         width = [self.static_alpha] + ([self.dynamic_alpha_fn] if dynamic else [])
         depth = [self.static_beta] + ([self.dynamic_beta_fn] if dynamic else [])
         for p in (width if freeze_width else []) + (depth if freeze_beta else []):
@@ -317,7 +334,7 @@ def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
 
 
 class ManifoldHyperConnection(StreamConnection):
-    """mHC (DeepSeek-AI 2025, SPEC 2.4): H' = H_res H + H_post^T T(H_pre H), H_res doubly stochastic.
+    """mHC (DeepSeek-AI 2025, "mHC: Manifold-Constrained Hyper-Connections"): H' = H_res H + H_post^T T(H_pre H), H_res doubly stochastic.
 
     Coefficients come from the flattened, RMS-normalised stream vector v' = RMSNorm(vec(H)) in R^{nd}:
     H_pre = sigmoid(a_pre v' phi_pre + b_pre), H_post = 2 sigmoid(a_post v' phi_post + b_post),
@@ -332,10 +349,10 @@ class ManifoldHyperConnection(StreamConnection):
         self.expansion_rate, self.layer_idx, self.sinkhorn_iters = n, layer_idx, sinkhorn_iters
         self.norm = nn.RMSNorm(n * dim, elementwise_affine=False)  # a gain would be absorbed by phi
         self.phi = nn.Parameter(torch.zeros(n * dim, 2 * n + n * n))  # 0 at init: coefficients = their biases
-        self.a_pre = nn.Parameter(torch.tensor(0.01))
-        self.a_post = nn.Parameter(torch.tensor(0.01))
-        self.a_res = nn.Parameter(torch.tensor(0.01))
-        # Init = Pre-Norm residual: H_pre sums to 1, H_post = 1, H_res doubly stochastic (SPEC 2.4).
+        self.a_pre = nn.Parameter(torch.full((1,), 0.01))  # shape (1,): FSDP cannot shard 0-dim parameters
+        self.a_post = nn.Parameter(torch.full((1,), 0.01))
+        self.a_res = nn.Parameter(torch.full((1,), 0.01))
+        # Init = Pre-Norm residual: H_pre sums to 1, H_post = 1, H_res doubly stochastic (as the mHC paper initialises them).
         # H_pre favours stream k mod n (0.9, the rest share 0.1), like HC's one-hot A_m: with uniform 1/n and
         # identical streams the module is symmetric under permuting streams, so the streams could never diverge.
         # sigmoid cannot reach 1, so for n = 1 H_pre starts at 1 - 6e-6; the branch's own pre-norm absorbs it.

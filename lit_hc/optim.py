@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from lit_hc.hyper_connections import StreamConnection
@@ -42,4 +43,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-configure_optimizers_for_hyper_connections = param_groups  # the seeds' name
+def configure_optimizers_for_hyper_connections(model: nn.Module, learning_rate: float, weight_decay: float = 0.1,
+                                               betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+    """AdamW over `param_groups(model, weight_decay)`: the name and signature other HC ports give this helper
+    (takes the learning rate, returns the optimizer); no decay on the static HC parts (HC paper Sec. 4)."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=learning_rate, betas=betas)

@@ -16,12 +16,13 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lit_hc.analysis import connection_matrices, residual_gains, unrolled_connections
+from lit_hc.analysis import connection_matrices, residual_gains, training_flops, unrolled_connections
 from lit_hc.gpt import GPT, GPTConfig
 from lit_hc.hyper_connections import HCConfig
 from lit_hc.optim import param_groups
@@ -100,7 +101,31 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-class HCTask(L.LightningModule):
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The accelerator's peak FLOP/s at the training precision (Lightning's table of GPUs); None on CPU."""
+    if device.type == "cpu":
+        return None
+    dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
+    return get_available_flops(device, dtype)
+
+
+class StageSteps:
+    """Lightning's training/validation/test steps as one `step(batch, stage)` with stage 'train', 'val' or 'test'."""
+
+    def step(self, batch, stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.step(batch, "test")
+
+
+class HCTask(StageSteps, L.LightningModule):
     """What both tasks share: optimizer and schedule, throughput, connection logging, final hparams."""
 
     throughput_unit = "samples"
@@ -112,6 +137,11 @@ class HCTask(L.LightningModule):
                  **task_hparams):
         super().__init__()
         arch, hc, optim = _as(self.arch_class, arch), _as(HCConfig, hc), _as(OptimConfig, optim)
+        if arch.hc != HCConfig() and arch.hc != hc:  # one variant, whichever of the two places names it
+            if hc != HCConfig():
+                raise ValueError(f"two residual variants given: hc ({hc.name}) and arch.hc ({arch.hc.name}); set "
+                                 "only model.init_args.hc (what configs/hc/<variant>.yaml sets)")
+            hc = arch.hc
         self.save_hyperparameters(_flat_hparams(arch=arch, hc=hc, optim=optim, compile=compile,
                                                 log_connections_every_n_steps=log_connections_every_n_steps,
                                                 **task_hparams), logger=False)
@@ -120,6 +150,7 @@ class HCTask(L.LightningModule):
         if compile:
             self.net.compile()  # in place: parameter names (and checkpoints) stay those of the eager model
         self._last_batch_end: float | None = None
+        self._flops_per_unit, self._peak_flops = 0.0, None
         self._final_metrics: dict[str, float] = {}
         self._rng_states_to_restore: dict | None = None
         self._rng_states_after_step: dict | None = None
@@ -130,18 +161,6 @@ class HCTask(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.step(batch, "train")
-
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.step(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self.step(batch, "test")
-
-    def step(self, batch, stage: str) -> torch.Tensor:
-        raise NotImplementedError
 
     def _epoch_end(self, stage: str) -> None:
         """Compute, log and reset the epoch metrics of 'val' or 'test'."""
@@ -157,11 +176,21 @@ class HCTask(L.LightningModule):
         groups = param_groups(self.net, self.optim.weight_decay)
         return self.optim.build(groups, self.trainer.estimated_stepping_batches)
 
+    def on_fit_start(self) -> None:
+        # Model FLOPs utilisation (HC's extra arithmetic counted, as the papers count overhead) on accelerators whose
+        # peak Lightning knows; None on CPU. Not Lightning's ThroughputMonitor: this project's summaries read
+        # train/<unit>_per_sec from the event files of every committed run.
+        self._flops_per_unit = training_flops(self.net.config, 1)
+        self._peak_flops = peak_flops(self.device, str(self.trainer.precision))
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         now = time.perf_counter()
         if self._last_batch_end is not None:  # wall time between batches: data, forward, backward, step
             units = batch[0].numel() if self.throughput_unit == "tokens" else batch[0].shape[0]
-            self.log(f"train/{self.throughput_unit}_per_sec", units * self.trainer.world_size / (now - self._last_batch_end))
+            rate = units * self.trainer.world_size / (now - self._last_batch_end)
+            self.log(f"train/{self.throughput_unit}_per_sec", rate)
+            if self._peak_flops:
+                self.log("train/mfu", rate * self._flops_per_unit / (self._peak_flops * self.trainer.world_size))
         self._last_batch_end = now
         every = self.log_connections_every_n_steps
         if every and self.hc.kind != "residual" and self.global_step % every == 0:
@@ -237,7 +266,8 @@ class LanguageModel(HCTask):
         """
         Args:
             arch: the GPT architecture; vocab_size and block_size are linked from the data by the CLI.
-            hc: the residual variant (overrides arch.hc; set it here, e.g. with configs/hc/<variant>.yaml).
+            hc: the residual variant (set it here, e.g. with configs/hc/<variant>.yaml); arch.hc is used when hc is
+                left at its default, and two different variants are an error.
             optim: optimizer and learning-rate schedule.
             compile: torch.compile the network (Lightning cannot compile the LightningModule itself).
             log_connections_every_n_steps: log HC matrices and residual gains this often; 0 = never.
@@ -282,7 +312,8 @@ class ImageClassifier(HCTask):
         """
         Args:
             arch: the ViT architecture; num_classes and image_size are linked from the data by the CLI.
-            hc: the residual variant (overrides arch.hc; set it here, e.g. with configs/hc/<variant>.yaml).
+            hc: the residual variant (set it here, e.g. with configs/hc/<variant>.yaml); arch.hc is used when hc is
+                left at its default, and two different variants are an error.
             optim: optimizer and learning-rate schedule.
             label_smoothing: for hard targets; with Mixup the data module smooths the soft targets instead.
             compile: torch.compile the network.
@@ -299,13 +330,15 @@ class ImageClassifier(HCTask):
             }) for stage in ("fit", "val", "test")  # 'fit' for train: ModuleDict cannot hold a key 'train'
         })
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on hard labels (with label smoothing) or on Mixup / CutMix probabilities (b, classes),
+        which the data module has already smoothed."""
+        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing if targets.ndim == 1 else 0.0)
+
     def step(self, batch, stage: str) -> torch.Tensor:
         images, targets = batch
         logits = self.net(images).float()
-        if targets.ndim == 2:  # Mixup / CutMix soft targets
-            loss = torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-        else:
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        loss = self.loss(logits, targets)
         m = self.metrics["fit" if stage == "train" else stage]
         if stage == "train":
             self.log("train/loss", loss, prog_bar=True)

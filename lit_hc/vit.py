@@ -93,7 +93,7 @@ class ViT(nn.Module):
         # Patch projection like a linear layer (fan-in uniform, as timm's jax init does for the conv).
         w = self.patch_embed.proj.weight
         nn.init.uniform_(w, -1 / math.sqrt(w[0].numel()), 1 / math.sqrt(w[0].numel()))
-        # Sub-layer outputs get HC's sqrt(n) factor (SPEC 2.3; 'divide' by default, see HCConfig).
+        # Sub-layer outputs get HC's sqrt(n) factor (HC paper Sec. 4; 'divide' by default, see HCConfig).
         factor = self.config.hc.output_init_factor()
         for block in self.blocks:
             for proj in block.output_projections():

@@ -3,14 +3,8 @@ import torch
 
 from lit_hc import HCConfig
 
-# The variants every model-level test runs over: (id, HCConfig kwargs).
-VARIANTS = {
-    "residual": {},
-    "shc2": dict(kind="hc", expansion_rate=2, dynamic=False),
-    "dhc4": dict(kind="hc", expansion_rate=4),
-    "dhc4-notanh": dict(kind="hc", expansion_rate=4, use_tanh=False),
-    "mhc4": dict(kind="mhc", expansion_rate=4),
-}
+# The variants every model-level test runs over, by name (HCConfig.from_name: the names of configs/hc/*.yaml).
+VARIANTS = ("residual", "shc2", "dhc4", "dhc4-notanh", "mhc4")
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +18,6 @@ def _argv(monkeypatch):
     monkeypatch.setattr("sys.argv", ["lit-hc"])
 
 
-@pytest.fixture(params=list(VARIANTS), ids=list(VARIANTS))
+@pytest.fixture(params=VARIANTS, ids=VARIANTS)
 def hc(request) -> HCConfig:
-    return HCConfig(**VARIANTS[request.param])
+    return HCConfig.from_name(request.param)

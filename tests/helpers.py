@@ -145,3 +145,10 @@ class DieAtStep(Callback):
             import os
 
             os._exit(9)
+
+
+def run_dir(parent: Path, variant: str, seed: int = 0) -> Path:
+    """The one run folder `lit-hc fit` made under parent for this variant and seed: <variant>-s<seed>-<hash>."""
+    found = sorted(p for p in parent.glob(f"{variant}-s{seed}-*") if p.is_dir())
+    assert len(found) == 1, f"expected one run folder {variant}-s{seed}-* in {parent}, found {found}"
+    return found[0]

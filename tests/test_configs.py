@@ -89,3 +89,40 @@ def test_vit_b16_recipe_builds_vit_base(capsys):
     assert total == pytest.approx(86.6e6, rel=0.01)  # ViT-B/16: 86.6M
     assert data["mixup"] == 0.2 and config["model"]["init_args"]["optim"]["weight_decay"] == 0.3
     assert data["root"] is None
+
+
+def test_gpt2_small_recipe_builds_gpt2_and_costs_what_its_comment_says(capsys):
+    from experiments.grids import GPU_HOURS
+    from lit_hc.analysis import gpu_hours, training_flops
+
+    config = print_config(capsys, "lm/gpt2-small.yaml")
+    data, trainer = config["data"]["init_args"], config["trainer"]
+    vocab = padded_vocab_size(TOKENIZERS[data["tokenizer"]].vocab_size)
+    arch = GPTConfig(**{**_arch(config), "vocab_size": vocab, "block_size": data["block_size"]})
+    with torch.device("meta"):
+        total = count_parameters(GPT(arch))["total"]
+    # wte 50304 x 768 + wpe 1024 x 768 + 12 blocks x (12 d^2 + two norm gains) + the final norm; no biases
+    assert total == 50304 * 768 + 1024 * 768 + 12 * (12 * 768**2 + 2 * 768) + 768 == 124_373_760
+    tokens_per_step = 8 * data["batch_size"] * trainer["accumulate_grad_batches"] * data["block_size"]  # 8 GPUs
+    assert tokens_per_step == 524_288 and trainer["max_steps"] * tokens_per_step == pytest.approx(10e9, rel=1e-3)
+    flops = training_flops(arch, trainer["max_steps"] * tokens_per_step)
+    assert flops == pytest.approx(8.55e18, rel=0.01) and round(gpu_hours(flops)) == GPU_HOURS["mid"]["lm"] == 6
+    dhc4 = training_flops(dataclasses.replace(arch, hc=HCConfig("hc", 4)), trainer["max_steps"] * tokens_per_step)
+    assert dhc4 / flops - 1 == pytest.approx(0.0075, abs=0.001)  # the comment's +0.8%
+    optim = config["model"]["init_args"]["optim"]
+    assert (optim["lr"], optim["warmup_steps"], optim["min_lr_ratio"]) == (6e-4, 1907, 0.1) and data["source"] is None
+
+
+def test_gpu_grids_carry_no_cpu_knobs():
+    """The GPU recipes hold their own depth, width and LR: the CPU studies' knobs never reach them."""
+    from experiments.grids import studies
+    from experiments.reproduce import cli_args
+
+    (mid,) = studies("main", ["lm", "vit"], scale="mid")  # no mid-scale ViT recipe
+    assert [r.name for r in mid.runs] == ["residual-s0", "dhc4-s0", "residual-s1", "dhc4-s1", "residual-s2", "dhc4-s2"]
+    for scale, study in (("mid", mid), ("paper", studies("main", ["lm"], scale="paper")[0])):
+        args = cli_args(study.runs[0], study, scale, False, CONFIGS.parent / "results", "/data/shards")
+        assert not any(a.startswith("--model.init_args.arch") or a.endswith("optim.lr") for a in args), args
+        assert "--trainer.max_steps" not in args
+    with pytest.raises(ValueError, match="runs the main grid only"):
+        studies("depth", ["lm"], scale="mid")

@@ -7,7 +7,8 @@ from helpers import CONFIGS, lm_args, vit_args, write_toy_corpus, write_toy_imag
 from lit_hc.cli import main
 from lit_hc.data import shapes
 from lit_hc.data.images import ImageFolderDataModule, UnreadableImage
-from lit_hc.data.text import FixedWindows, RandomWindows, TextDataModule, prepare_shards, split_files, stdlib_root
+from lit_hc.data.prepare import prepare_shards
+from lit_hc.data.text import FixedWindows, RandomWindows, TextDataModule, split_files, stdlib_root
 from lit_hc.data.tokenizers import ByteTokenizer
 
 
@@ -84,6 +85,18 @@ def _one_line_error(capsys, argv) -> str:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     return err
+
+
+def test_data_modules_read_nothing_until_asked(tmp_path):
+    """Construction is cheap (the CLI builds data modules for --help and --print_config): a missing folder is
+    found when the model's vocab_size / num_classes is read from it, not before."""
+    text = TextDataModule(str(tmp_path / "nope"))
+    images = ImageFolderDataModule(root=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        text.vocab_size
+    with pytest.raises(FileNotFoundError, match="has no class folders under train/"):
+        images.num_classes
+    assert TextDataModule("stdlib").vocab_size == 256  # the byte tokenizer, padded to a multiple of 64
 
 
 def test_missing_text_folder_is_one_line(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""HC and mHC at init compute exactly the Pre-Norm residual network (paper Eq. 14, SPEC 2.1 / 2.4)."""
+"""HC and mHC at init compute exactly the Pre-Norm residual network (HC paper Eq. 14; the mHC paper's init)."""
 import pytest
 import torch
 

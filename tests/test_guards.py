@@ -4,7 +4,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import lm_args, scalars, write_toy_corpus
+from helpers import lm_args, run_dir, scalars, write_toy_corpus
 from lit_hc.callbacks import NonFiniteGuard
 from lit_hc.cli import cli_main, main
 
@@ -27,7 +27,7 @@ def test_nan_stops_with_one_line_and_finite_checkpoint(tmp_path, corpus, capsys)
     assert "Traceback" not in err
     message = err.splitlines()[-1]
     assert message.startswith("lit-hc: error: non-finite loss or gradient at step 5")
-    run = tmp_path / "lm" / "residual-s0" / "checkpoints"
+    run = run_dir(tmp_path / "lm", "residual") / "checkpoints"
     assert f"last good checkpoint: {run / 'last.ckpt'}" in message
     state = torch.load(run / "on_exception.ckpt", weights_only=False)
     assert state["global_step"] == 5
@@ -44,7 +44,7 @@ def test_nan_step_is_skipped_with_action_skip(tmp_path, corpus):
     guard = [cb for cb in cli.trainer.callbacks if isinstance(cb, NonFiniteGuard)][-1]
     assert guard.skipped_steps == [5] and cli.trainer.global_step == 10
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
-    s = scalars(tmp_path / "skip" / "lm" / "residual-s0")
+    s = scalars(run_dir(tmp_path / "skip" / "lm", "residual"))
     assert len(s["train/grad_norm"]) >= 9 and all(v == v for _, v in s["train/grad_norm"] if _ != 5)
 
 

@@ -1,4 +1,5 @@
-"""The connection modules match SPEC 2.1 / 2.2 / 2.4 written out directly, forward and backward."""
+"""The connection modules match the papers' equations written out directly (static and dynamic HC; mHC's H_pre,
+H_post and H_res), forward and backward."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ def _randomize(module, scale=0.3):
 
 
 def reference_hc(m: HyperConnection, H, branch, dynamic: bool, use_tanh: bool):
-    """SPEC 2.1 / 2.2 with explicit loops over tokens and streams; H (t, n, d)."""
+    """Static and dynamic HC (Zhu et al. 2025) with explicit loops over tokens and streams; H (t, n, d)."""
     act = torch.tanh if use_tanh else (lambda z: z)
     out = []
     for h in H:  # one token: (n, d)
@@ -36,7 +37,7 @@ def reference_hc(m: HyperConnection, H, branch, dynamic: bool, use_tanh: bool):
 
 
 def reference_mhc(m: ManifoldHyperConnection, H, branch):
-    """SPEC 2.4 with explicit loops; Sinkhorn written out separately from the library's."""
+    """mHC (DeepSeek-AI 2025) with explicit loops; Sinkhorn written out separately from the library's."""
     out = []
     for h in H:
         v = h.reshape(-1)
@@ -155,7 +156,7 @@ def test_mhc_init_breaks_stream_symmetry():
     assert _b_post_grad_spread(symmetric=True) < 1e-5
 
 
-# The fast path (issue 6): hand-written backward for the stream mixing and the depth connection, and the
+# The fast path: hand-written backward for the stream mixing and the depth connection, and the
 # broadcast-and-reduce form used under torch.compile, against the plain formulas.
 
 def _plain_mix(H, alpha):

@@ -3,13 +3,14 @@
 Tiny models with random weights built from their configs: nothing is downloaded.
 """
 import copy
+import math
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from helpers import CONFIGS, scalars, write_toy_corpus  # noqa: E402
+from helpers import CONFIGS, run_dir, scalars, write_toy_corpus  # noqa: E402
 from lit_hc.hf import (  # noqa: E402
     InjectedBlock, extract_mixing_weights, hc_param_groups, inject_hc, inject_mhc, plot_mixing_weights,
 )
@@ -192,35 +193,67 @@ def test_hc_on_top_of_lora():
     inject_hc(lora, block, 4)
     with torch.no_grad():
         torch.testing.assert_close(lora(input_ids=ids).logits, before, rtol=1e-5, atol=1e-5)
-    losses = _train(lora, steps=3, hc_lr_multiplier=10.0)
-    assert len(losses) == 3
+    frozen = {k: p.detach().clone() for k, p in lora.named_parameters() if not p.requires_grad}
+    losses = _train(lora, steps=8, hc_lr_multiplier=10.0)
+    assert losses[-1] < losses[0]  # the adapters and the connections learn
+    assert all(torch.equal(p, frozen[k]) for k, p in lora.named_parameters() if k in frozen)
     trained = {k for k, p in lora.named_parameters() if p.grad is not None}
     assert any("lora_" in k for k in trained) and any(".hc." in k for k in trained)
     assert all("lora_" in k or ".hc." in k for k in trained)  # the pretrained weights stay frozen
+
+
+def test_inject_honours_every_hc_field():
+    from lit_hc import HCConfig
+
+    model, block = _build("gpt2")
+    inject_hc(model, block, hc=HCConfig(kind="hc", expansion_rate=2, dynamic=False, freeze_width=True))
+    hc = model.transformer.h[0].hc
+    assert hc.expansion_rate == 2 and not hc.dynamic and not hc.static_alpha.requires_grad
+    assert hc.static_beta.requires_grad
+    mhc, _ = _build("gpt2")
+    inject_hc(mhc, block, hc=HCConfig(kind="mhc", expansion_rate=2, sinkhorn_iters=3))
+    assert mhc.transformer.h[0].hc.sinkhorn_iters == 3
+    with pytest.raises(ValueError, match="output_init_scale=0.5 would rescale pretrained output projections"):
+        inject_hc(_build("gpt2")[0], block, hc=HCConfig(kind="hc", expansion_rate=2, output_init_scale=0.5))
+
+
+def _finetune_args(tmp_path, *extra):
+    model, _ = _build("gpt2")
+    model.resize_token_embeddings(256)  # byte-level data
+    model.save_pretrained(tmp_path / "gpt2")
+    corpus = write_toy_corpus(tmp_path / "corpus")
+    return ["fit", "--config", str(CONFIGS / "finetune/gpt2-dhc4.yaml"), "--trainer.max_steps", "6",
+            "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
+            "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
+            "--model.init_args.pretrained", str(tmp_path / "gpt2"), "--model.init_args.optim.lr", "0.003",
+            "--model.init_args.optim.warmup_steps", "2", "--data.init_args.source", str(corpus),
+            "--data.init_args.tokenizer", "byte", "--data.init_args.block_size", "32",
+            "--data.init_args.val_fraction", "0.3", "--data.init_args.val_windows", "8", *extra]
+
+
+def test_block_size_beyond_the_models_positions_is_one_line(tmp_path, capsys):
+    from lit_hc.cli import main
+
+    with pytest.raises(SystemExit):
+        main(_finetune_args(tmp_path, "--data.init_args.block_size", "128"))  # the tiny GPT-2 has 64 positions
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("lit-hc: error: data.init_args.block_size=128 exceeds the 64 positions of")
 
 
 def test_finetune_config_fits_through_the_cli(tmp_path):
     """configs/finetune/gpt2-dhc4.yaml with a local tiny GPT-2: HC injected, loss logged, checkpoint written."""
     from lit_hc.cli import cli_main
 
-    model, _ = _build("gpt2")
-    model.resize_token_embeddings(256)  # byte-level data
-    model.save_pretrained(tmp_path / "gpt2")
-    corpus = write_toy_corpus(tmp_path / "corpus")
-    args = ["fit", "--config", str(CONFIGS / "finetune/gpt2-dhc4.yaml"), "--trainer.max_steps", "6",
-            "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
-            "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
-            "--model.init_args.pretrained", str(tmp_path / "gpt2"), "--model.init_args.optim.lr", "0.003",
-            "--model.init_args.optim.warmup_steps", "2", "--data.init_args.source", str(corpus),
-            "--data.init_args.tokenizer", "byte", "--data.init_args.block_size", "32",
-            "--data.init_args.val_fraction", "0.3", "--data.init_args.val_windows", "8"]
-    cli = cli_main(args)
+    cli = cli_main(_finetune_args(tmp_path, "--model.init_args.hc.freeze_beta", "true"))
     assert cli.trainer.global_step == 6
+    assert not cli.model.model.transformer.h[0].hc.static_beta.requires_grad  # every HCConfig field reaches HC
     assert sum(isinstance(m, InjectedBlock) for m in cli.model.modules()) == 3
-    run = tmp_path / "finetune" / "dhc4-s0"
+    run = run_dir(tmp_path / "finetune", "dhc4-frozenbeta")  # the folder names what ran
     losses = [v for _, v in sorted(scalars(run)["train/loss"])]
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert (run / "checkpoints" / "last.ckpt").is_file()
+    tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=None, verbose=False)
+    assert tested[0]["test/loss"] > 0 and tested[0]["test/ppl"] == pytest.approx(math.exp(tested[0]["test/loss"]), rel=1e-4)
 
 
 def test_missing_pretrained_model_is_one_line(tmp_path, capsys):

@@ -160,4 +160,34 @@ def test_config_names():
     from helpers import CONFIGS
 
     for path in (CONFIGS / "hc").glob("*.yaml"):
-        assert HCConfig(**yaml.safe_load(path.read_text())["model"]["init_args"]["hc"]).name == path.stem
+        config = HCConfig(**yaml.safe_load(path.read_text())["model"]["init_args"]["hc"])
+        assert config.name == path.stem and HCConfig.from_name(path.stem) == config  # one notation, both ways
+    for name in ("dhc2-frozenwidth-frozenbeta", "shc8-init-multiply", "mhc2-init-0.25"):
+        assert HCConfig.from_name(name).name == name
+    for bad in ("dhc", "hc4", "mhc4-notanh", "shc2-notanh", "dhc4-init-"):
+        with pytest.raises(ValueError, match="variant name|ablation|output_init_scale"):
+            HCConfig.from_name(bad)
+
+
+def test_the_variant_is_decided_in_one_place():
+    """LanguageModel takes the variant from `hc`, or from arch.hc when hc is left at its default; two different
+    variants are an error, never a silent choice."""
+    from lit_hc import LanguageModel
+
+    dhc4 = HCConfig("hc", 4)
+    assert LanguageModel(arch=GPTConfig(**GPT_SMALL, hc=dhc4)).hc == dhc4
+    assert LanguageModel(arch=GPTConfig(**GPT_SMALL), hc=dhc4).hc == dhc4
+    assert LanguageModel(arch=GPTConfig(**GPT_SMALL, hc=dhc4), hc=dhc4).hc == dhc4
+    with pytest.raises(ValueError, match=r"two residual variants given: hc \(shc2\) and arch.hc \(dhc4\)"):
+        LanguageModel(arch=GPTConfig(**GPT_SMALL, hc=dhc4), hc=HCConfig("hc", 2, dynamic=False))
+
+
+def test_configure_optimizers_for_hyper_connections_returns_adamw_without_decay_on_static_parts():
+    from lit_hc import configure_optimizers_for_hyper_connections
+
+    model = GPT(GPTConfig(**GPT_SMALL, hc=HCConfig("hc", 2)))
+    optimizer = configure_optimizers_for_hyper_connections(model, learning_rate=3e-4, weight_decay=0.05)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["betas"] == (0.9, 0.95)
+    decay = {n for g in optimizer.param_groups if g["weight_decay"] == 0.05 for n in g["names"]}
+    assert all(g["lr"] == 3e-4 for g in optimizer.param_groups)
+    assert "blocks.0.hc_attn.static_alpha" not in decay and "blocks.0.hc_attn.dynamic_alpha_fn" in decay

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from helpers import CONFIGS, ROOT, lm_args, scalars, write_toy_corpus
+from helpers import CONFIGS, ROOT, lm_args, run_dir, scalars, write_toy_corpus
 from lit_hc.cli import cli_main
 
 
@@ -23,7 +23,7 @@ def test_interrupted_and_resumed_run_equals_straight_run(tmp_path, variant):
     first_half = cli_main(lm_args(tmp_path / "b", corpus, 8, *common,
                                   "--trainer.callbacks+=helpers.StopAtStep", "--trainer.callbacks.step", "4"))
     assert first_half.trainer.global_step == 4
-    ckpt = tmp_path / "b" / "lm" / f"{variant}-s0" / "checkpoints" / "last.ckpt"
+    ckpt = run_dir(tmp_path / "b" / "lm", variant) / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 4
     resumed = cli_main(lm_args(tmp_path / "b", corpus, 8, *common, "--ckpt_path", "last"))
     assert resumed.trainer.global_step == 8
@@ -41,10 +41,10 @@ def test_same_seed_gives_the_same_loss_curve(tmp_path):
     curves = []
     for run in ("a", "b"):
         cli_main(lm_args(tmp_path / run, corpus, 6, *common))
-        curves.append(scalars(tmp_path / run / "lm" / "mhc4-s0")["train/loss"])
+        curves.append(scalars(run_dir(tmp_path / run / "lm", "mhc4"))["train/loss"])
     assert len(curves[0]) == 6 and curves[0] == curves[1]  # bitwise, step by step
     cli_main(lm_args(tmp_path / "c", corpus, 6, *common, "--seed_everything", "1"))
-    assert scalars(tmp_path / "c" / "lm" / "mhc4-s1")["train/loss"] != curves[0]
+    assert scalars(run_dir(tmp_path / "c" / "lm", "mhc4", seed=1))["train/loss"] != curves[0]
 
 
 def _fit_subprocess(tmp_path, corpus, name, *extra):
@@ -85,7 +85,7 @@ def test_ddp_rank_that_dies_does_not_leave_the_others_hanging(tmp_path):
     result = subprocess.run([sys.executable, "-m", "lit_hc", *args], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)  # a hang fails here, not by blocking CI
     assert result.returncode != 0, result.stderr[-2000:]
-    folder = tmp_path / "lm" / "residual-s0" / "checkpoints"
+    folder = run_dir(tmp_path / "lm", "residual") / "checkpoints"
     assert torch.load(folder / "epoch=0-step=2.ckpt", weights_only=True)["global_step"] == 2
     # Rank 0 saw the peer vanish inside step 4 and wrote its (mid-step) state alone, without waiting for it.
     assert torch.load(folder / "on_exception.ckpt", weights_only=True)["global_step"] == 3
@@ -95,7 +95,7 @@ def test_a_failing_run_leaves_a_checkpoint_in_its_own_folder(tmp_path):
     corpus = write_toy_corpus(tmp_path / "corpus")
     with pytest.raises(RuntimeError, match="simulated failure at step 3"):
         cli_main(lm_args(tmp_path, corpus, 8, "--trainer.callbacks+=helpers.FailAtStep", "--trainer.callbacks.step", "3"))
-    ckpt = tmp_path / "lm" / "residual-s0" / "checkpoints" / "on_exception.ckpt"
+    ckpt = run_dir(tmp_path / "lm", "residual") / "checkpoints" / "on_exception.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 3
     assert not (ROOT / "on_exception.ckpt").exists()  # nothing written outside the run folder
 
@@ -116,7 +116,7 @@ def test_signal_saves_and_last_continues_exactly(tmp_path, signal_name, code):
     assert interrupted.returncode == code, interrupted.stderr[-2000:]
     assert "Traceback" not in interrupted.stderr
     assert interrupted.stderr.strip().splitlines()[-1].startswith(f"lit-hc: stopped by {signal_name} after a finished")
-    last = tmp_path / "lm" / "dhc2-s0" / "checkpoints" / "last.ckpt"
+    last = run_dir(tmp_path / "lm", "dhc2") / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 4
     resumed = cli_main(lm_args(tmp_path, corpus, 8, *common, "--ckpt_path", "last"))
     straight = cli_main(lm_args(tmp_path / "straight", corpus, 8, *common))
@@ -124,7 +124,7 @@ def test_signal_saves_and_last_continues_exactly(tmp_path, signal_name, code):
     a, b = _weights(straight), _weights(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
-    logged = [sorted(step for step, _ in scalars(tmp_path / r / "lm" / "dhc2-s0")[tag])
+    logged = [sorted(step for step, _ in scalars(run_dir(tmp_path / r / "lm", "dhc2"))[tag])
               for r in (".", "straight") for tag in ("val/loss", "train/grad_norm")]
     assert logged[:2] == logged[2:]  # the resumed run logs at the steps of the straight run
     # The resumed run keeps last.ckpt current (no last-v1.ckpt beside it), so a second resume starts at step 8.
@@ -137,7 +137,7 @@ def test_checkpoint_of_another_variant_is_a_one_line_error(tmp_path, capsys):
 
     corpus = write_toy_corpus(tmp_path / "corpus")
     cli_main(lm_args(tmp_path, corpus, 2))
-    ckpt = tmp_path / "lm" / "residual-s0" / "checkpoints" / "last.ckpt"
+    ckpt = run_dir(tmp_path / "lm", "residual") / "checkpoints" / "last.ckpt"
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main(lm_args(tmp_path, corpus, 4, "--config", str(CONFIGS / "hc/dhc2.yaml"), "--ckpt_path", str(ckpt)))

@@ -2,6 +2,7 @@
 timm transforms and Mixup/CutMix. With no root, a generated shapes dataset is written on first use."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -11,11 +12,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader
-from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, pil_loader
 
-from lit_hc.data import shapes
+from lit_hc.data import shapes, stateful_loader
 
 
 def data_dir() -> Path:
@@ -146,22 +146,34 @@ class ImageFolderDataModule(L.LightningDataModule):
         if root is None:
             raise ValueError("data.init_args.root is required by this config: pass --data.init_args.root with a folder "
                              "in ImageNet layout (<root>/train/<class>/*.JPEG, <root>/val/<class>/*.JPEG)")
-        if root == "synthetic":
-            self.root = shapes.default_root(data_dir(), synthetic_train_per_class, synthetic_val_per_class,
-                                            image_size, synthetic_seed)
-            self.classes = sorted(shapes.CLASSES)  # ImageFolder orders classes by name
-        else:
-            self.root = Path(root).expanduser()
-            self.classes = class_names(self.root / "train")
-            if not self.classes:
-                raise FileNotFoundError(f"image root {self.root} has no class folders under train/: expected the "
-                                        "ImageNet layout <root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg")
-            if not (self.root / "val").is_dir():
-                raise FileNotFoundError(f"image root {self.root} has no val/ folder: expected <root>/val/<class>/*")
-        self.num_classes = len(self.classes)
-        self.mixup_fn = (Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
-                               num_classes=self.num_classes) if mixup > 0 or cutmix > 0 else None)
+        self.root = (shapes.default_root(data_dir(), synthetic_train_per_class, synthetic_val_per_class, image_size,
+                                         synthetic_seed) if root == "synthetic" else Path(root).expanduser())
         self.train_set = self.val_set = None
+        # Nothing is read here (the CLI builds data modules for --help and --print_config too): the class folders
+        # are listed when num_classes is linked into the model (after instantiation) or at setup.
+
+    @functools.cached_property
+    def classes(self) -> list[str]:
+        if self.hparams.root == "synthetic":
+            return sorted(shapes.CLASSES)  # ImageFolder orders classes by name
+        classes = class_names(self.root / "train")
+        if not classes:
+            raise FileNotFoundError(f"image root {self.root} has no class folders under train/: expected the "
+                                    "ImageNet layout <root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg")
+        if not (self.root / "val").is_dir():
+            raise FileNotFoundError(f"image root {self.root} has no val/ folder: expected <root>/val/<class>/*")
+        return classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @functools.cached_property
+    def mixup_fn(self) -> Mixup | None:
+        """timm's Mixup/CutMix with label smoothing folded into the soft targets; None when both are off."""
+        h = self.hparams
+        return (Mixup(mixup_alpha=h.mixup, cutmix_alpha=h.cutmix, label_smoothing=h.label_smoothing,
+                      num_classes=self.num_classes) if h.mixup > 0 or h.cutmix > 0 else None)
 
     def prepare_data(self) -> None:
         if self.hparams.root == "synthetic":  # rank 0 only: write the generated dataset once
@@ -172,6 +184,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        self.classes  # noqa: B018  (checks the folder layout first, with the message that says how to fix it)
         h = self.hparams
         common = dict(input_size=self.image_size, mean=h.mean, std=h.std)
         train_tf = create_transform(**common, is_training=True, scale=h.scale, hflip=h.hflip,
@@ -198,9 +211,9 @@ class ImageFolderDataModule(L.LightningDataModule):
         return images, targets
 
     def train_dataloader(self) -> DataLoader:
-        return StatefulDataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                                  num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                                  generator=torch.Generator().manual_seed(self.hparams.seed))
+        return stateful_loader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=True,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                               generator=torch.Generator().manual_seed(self.hparams.seed))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,

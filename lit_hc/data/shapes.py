@@ -8,11 +8,14 @@ split is a pure function of (seed, split, c, k): the same seed writes the same f
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from lit_hc.io import fsync_folder
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "stripes", "checker", "dots", "zigzag")
 VERSION = 1  # bump when drawing changes, so cached folders are regenerated
@@ -100,8 +103,10 @@ def write_dataset(root: str | Path, train_per_class: int = 500, val_per_class: i
                 draw(label, size, rng).save(folder / f"{label}_{k:05d}.png")
     (tmp / ".complete").write_text(f"version={VERSION} seed={seed} size={size} "
                                    f"train_per_class={train_per_class} val_per_class={val_per_class}\n")
+    os.sync()  # every image on the disk before the folder takes its final name (a power loss cannot reorder them)
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
+    fsync_folder(root.parent)
     return root
 
 

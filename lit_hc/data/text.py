@@ -8,42 +8,22 @@ Validation uses fixed, evenly spaced windows.
 """
 from __future__ import annotations
 
+import functools
 import json
-import sysconfig
-import zlib
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchdata.stateful_dataloader import StatefulDataLoader
 
-from lit_hc.data.tokenizers import Tokenizer, get_tokenizer, padded_vocab_size
-
-TEXT_SUFFIXES = (".txt", ".py", ".md")
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def list_text_files(root: Path) -> list[Path]:
-    """Text files below root, sorted by path (site-packages excluded, so the stdlib corpus is the stdlib)."""
-    return sorted(
-        p for p in root.rglob("*")
-        if p.suffix in TEXT_SUFFIXES and p.is_file() and "site-packages" not in p.relative_to(root).parts
-    )
-
-
-def is_val_file(relative_path: str, val_fraction: float) -> bool:
-    """Deterministic train/val split by path: the same file lands in the same split on every machine."""
-    return zlib.crc32(relative_path.encode()) % 10_000 < val_fraction * 10_000
-
+from lit_hc.data import stateful_loader
+from lit_hc.data.prepare import TEXT_SUFFIXES, is_val, list_text_files, stdlib_root
+from lit_hc.data.tokenizers import TOKENIZERS, ShardVocabulary, Tokenizer, get_tokenizer, padded_vocab_size
 
 def split_files(root: Path, val_fraction: float) -> tuple[list[Path], list[Path]]:
     files = list_text_files(root)
-    val = [f for f in files if is_val_file(f.relative_to(root).as_posix(), val_fraction)]
+    val = [f for f in files if is_val(f.relative_to(root).as_posix(), val_fraction)]
     val_set = set(val)
     return [f for f in files if f not in val_set], val
 
@@ -131,28 +111,50 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError("data.init_args.source is required by this config: pass --data.init_args.source with a "
                              "folder made by `lit-hc prepare` (train.bin/val.bin) or a folder of text files")
         self.root = stdlib_root() if source == "stdlib" else Path(source).expanduser()
+        self.train_tokens = self.val_tokens = None
+        # Nothing is read here (the CLI builds data modules for --help and --print_config too): the folder is
+        # looked at when the model's vocab_size is linked from it (after instantiation) or at setup.
+
+    @functools.cached_property
+    def meta(self) -> dict:
+        """meta.json of a folder made by `lit-hc prepare` (read once); {} for a folder of text files."""
         if not self.root.is_dir():
             raise FileNotFoundError(f"text source {self.root} is not a folder: pass data.source=stdlib, a folder of "
                                     f"{'/'.join(TEXT_SUFFIXES)} files, or a folder made by `lit-hc prepare`")
-        self.shards = (self.root / "train.bin").is_file()
-        meta = json.loads((self.root / "meta.json").read_text()) if self.shards else {}
-        self.tokenizer = get_tokenizer(meta.get("tokenizer", tokenizer))
-        self.vocab_size = padded_vocab_size(meta.get("vocab_size", self.tokenizer.vocab_size))
-        if not self.shards and not list_text_files(self.root):
-            raise ValueError(f"text source {self.root} has no {'/'.join(TEXT_SUFFIXES)} files: point data.source "
-                             "at a folder with text in it")
-        self.train_tokens = self.val_tokens = None
+        if not self.shards:
+            return {}
+        if not (self.root / "meta.json").is_file():
+            raise ValueError(f"{self.root} has train.bin but no meta.json: an interrupted `lit-hc prepare`; run it "
+                             "again with the same arguments")
+        return json.loads((self.root / "meta.json").read_text())
+
+    @property
+    def shards(self) -> bool:
+        return (self.root / "train.bin").is_file()
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        name = self.meta.get("tokenizer", self.hparams.tokenizer)
+        # shards of a Hugging Face tokenizer train without it: meta.json says all that training needs
+        return ShardVocabulary(self.meta) if self.meta and name not in TOKENIZERS else get_tokenizer(name)
+
+    @property
+    def vocab_size(self) -> int:
+        """The model's vocabulary: the tokenizer's (or the shards'), padded to a multiple of 64."""
+        return padded_vocab_size(self.meta.get("vocab_size", self.tokenizer.vocab_size))
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_tokens is not None:
             return
-        if self.shards:
-            meta = json.loads((self.root / "meta.json").read_text())
+        if self.meta:
             self.train_tokens, self.val_tokens = (
-                load_shard(self.root / f"{split}.bin", self.tokenizer.dtype, meta, split, self.tokenizer.vocab_size)
+                load_shard(self.root / f"{split}.bin", self.tokenizer.dtype, self.meta, split, self.tokenizer.vocab_size)
                 for split in ("train", "val"))
         else:
             train_files, val_files = split_files(self.root, self.val_fraction)
+            if not train_files and not val_files:
+                raise ValueError(f"text source {self.root} has no {'/'.join(TEXT_SUFFIXES)} files: point data.source "
+                                 "at a folder with text in it")
             if not val_files or not train_files:
                 raise ValueError(f"text source {self.root} has {len(train_files)} train and {len(val_files)} val "
                                  f"files with val_fraction={self.val_fraction}: add files or change val_fraction")
@@ -172,9 +174,9 @@ class TextDataModule(L.LightningDataModule):
         sampler = (DistributedSampler(windows, trainer.world_size, trainer.global_rank, shuffle=False)
                    if trainer is not None and trainer.world_size > 1 else None)
         # Own generators: creating an iterator then does not draw from the global one that dropout uses.
-        return StatefulDataLoader(windows, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                                  drop_last=True, persistent_workers=self.num_workers > 0,
-                                  generator=torch.Generator().manual_seed(self.seed))
+        return stateful_loader(windows, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                               drop_last=True, persistent_workers=self.num_workers > 0,
+                               generator=torch.Generator().manual_seed(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         windows = FixedWindows(self.val_tokens, self.block_size, self.val_windows)
@@ -208,24 +210,3 @@ def load_shard(path: Path, dtype: np.dtype, meta: dict | None = None, split: str
         raise ValueError(f"shard {path} has token id {int(head.max())}, outside the {meta.get('tokenizer')} vocabulary "
                          f"of {vocab_size}: {fix}")
     return tokens
-
-
-def prepare_shards(source: str, out: str, tokenizer: str = "byte", val_fraction: float = 0.05) -> dict:
-    """Tokenize a folder of text (or 'stdlib') into out/train.bin, out/val.bin and out/meta.json."""
-    root = stdlib_root() if source == "stdlib" else Path(source).expanduser()
-    if not root.is_dir() or not list_text_files(root):
-        raise FileNotFoundError(f"text source {root} is missing or has no {'/'.join(TEXT_SUFFIXES)} files")
-    tok = get_tokenizer(tokenizer)
-    train_files, val_files = split_files(root, val_fraction)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"tokenizer": tokenizer, "vocab_size": tok.vocab_size, "dtype": np.dtype(tok.dtype).name,
-            "source": str(root), "val_fraction": val_fraction}
-    for split, files in (("train", train_files), ("val", val_files)):
-        tokens = encode_files(files, tok)
-        tmp = out_dir / f"{split}.bin.tmp"
-        tokens.tofile(tmp)
-        tmp.replace(out_dir / f"{split}.bin")  # never a half-written shard under the final name
-        meta[f"{split}_tokens"], meta[f"{split}_files"] = int(len(tokens)), len(files)
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
