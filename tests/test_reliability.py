@@ -139,3 +139,40 @@ def test_sigkill_at_random_moments_then_resume_equals_a_straight_run(tmp_path, c
     for k, v in straight.model.state_dict().items():
         torch.testing.assert_close(resumed["state_dict"][k], v, rtol=1e-6, atol=1e-7, msg=k)
     print(f"chaos: {len(kills)} kills at steps {kills}, {time.time() - started:.0f} s")  # for the notes
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_grid_runner_then_rerun_equals_an_uninterrupted_grid(tmp_path):
+    """`make reproduce` (QUICK depth study) killed with SIGKILL twice, mid-grid, rerun each time: every run's final
+    metrics and the table equal those of a runner that was never interrupted."""
+    import csv
+
+    from experiments.reproduce import main as reproduce
+
+    reproduce(["--quick", "--study", "depth", "--results", str(tmp_path / "straight")])
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    kills = []
+    for after in (2, 5):  # kill once this many runs have finished (the next one is under way or starting)
+        proc = subprocess.Popen([sys.executable, "-m", "experiments.reproduce", "--quick", "--study", "depth",
+                                 "--results", str(killed)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        while proc.poll() is None and len(list(killed.glob("lm/runs/*/done.json"))) < after:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills.append(len(list(killed.glob("lm/runs/*/done.json"))))
+        for done in killed.glob("lm/runs/*/done.json"):
+            json.loads(done.read_text())  # every done.json is whole
+    reproduce(["--quick", "--study", "depth", "--results", str(killed)])
+    names = sorted(p.parent.name for p in (tmp_path / "straight").glob("lm/runs/*/done.json"))
+    assert names == sorted(p.parent.name for p in killed.glob("lm/runs/*/done.json")) and len(names) == 8
+    for name in names:
+        a, b = (json.loads((root / "lm" / "runs" / name / "done.json").read_text())["final"]
+                for root in (tmp_path / "straight", killed))
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6), name
+    rows = [list(csv.DictReader(open(root / "lm" / "depth" / "summary.csv"))) for root in (tmp_path / "straight", killed)]
+    for a, b in zip(*rows):
+        assert a["depth"] == b["depth"] and float(a["delta"]) == pytest.approx(float(b["delta"]), rel=1e-6)
+    assert kills[0] >= 2 and kills[1] >= 5, kills
