@@ -441,7 +441,7 @@ def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool
     rows = depth_rows(study, runs)
     if not rows:
         return []
-    out = results / "lm" / study.name
+    out = results / study.task / study.name
     _write_table(out, rows, depth_markdown(study, rows, command, provenance_lines(runs)))
     write_atomic(out / "depth.png", _png(depth_figure(rows)))
     # The learned connections of DHC x4's lowest seed at every depth (the paper's Fig. 7 view), and the gain of
@@ -449,7 +449,7 @@ def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool
     deep = {lab: rs[0] for lab, rs in runs.items() if lab.startswith("dhc4") and rs[0].get("connection_matrices")}
     for lab, r in deep.items():
         weights = unrolled_connections(torch.tensor(r["connection_matrices"]))
-        fig = unrolled_connections_figure(weights, f"LM DHC x4, {lab.split('-')[1]}, seed {r['seed']}: unrolled connections")
+        fig = unrolled_connections_figure(weights, f"{study.task.upper()} DHC x4, {lab.split('-')[1]}, seed {r['seed']}: unrolled connections")
         write_atomic(out / f"connections_{lab}.png", _png(fig))
     if deep:
         write_atomic(out / "gains.png", _png(gains_figure(deep)))

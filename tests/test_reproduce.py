@@ -7,13 +7,12 @@ import statistics
 import pytest
 import torch
 
-from experiments.grids import LEGACY_VIT, MAIN_SEEDS, depth_study, main_study, run
+from experiments.grids import MAIN_SEEDS, depth_study, main_study, run
 from experiments.reproduce import cli_args
 from experiments.reproduce import main as reproduce
 from experiments.summarize import units_to_reach
 from helpers import scalars
 
-GRIDS = {"lm": MAIN_SEEDS, "vit": LEGACY_VIT}
 
 
 def grid_runs(task, seeds=None):
@@ -40,7 +39,7 @@ def test_quick_grid_writes_tables_and_plots_equal_to_the_events(tmp_path):
         rows = _csv(out / "summary.csv")
         label = lambda r: r.variant + (f"-steps{r.knob('steps')}" if r.knob("steps") else "")  # noqa: E731
         assert set(rows) == {label(r) for r in grid_runs(task)} and list(rows)[0] == "residual"
-        assert set(GRIDS[task]) < set(rows) if task == "lm" else set(GRIDS[task]) == set(rows)  # + the cost control
+        assert set(MAIN_SEEDS) < set(rows)  # + the cost control
         assert not list(out.glob(".*.tmp*"))  # nothing half-written left behind
         for variant, row in rows.items():
             seeds = [r for r in grid_runs(task) if label(r) == variant]
@@ -52,7 +51,7 @@ def test_quick_grid_writes_tables_and_plots_equal_to_the_events(tmp_path):
             column, scale = ("val_loss", 1) if task == "lm" else ("top1", 100)
             assert float(row[column]) == pytest.approx(scale * statistics.mean(finals), rel=1e-6)
         md = (out / "summary.md").read_text()
-        assert "python -m experiments.reproduce --quick" in md and all(f"| {v} |" in md for v in GRIDS[task])
+        assert "python -m experiments.reproduce --quick" in md and all(f"| {v} |" in md for v in MAIN_SEEDS)
         assert float(rows["residual"]["step_time_ratio"]) == 1.0 and rows["residual"]["paper"]
 
 
@@ -98,9 +97,10 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
 
 
 def test_seeds_raise_every_variant():
-    assert len(grid_runs("lm")) == 2 * len(MAIN_SEEDS) + 1 and len(grid_runs("vit")) == 11  # + the cost control
-    runs = grid_runs("vit", seeds=2)
-    assert len(runs) == 2 * len(GRIDS["vit"]) + 2  # residual and dhc4 keep their third seed
+    for task in ("lm", "vit"):  # QUICK: at most 2 seeds, + the cost control on choice seed 0
+        assert len(grid_runs(task)) == 2 * len(MAIN_SEEDS) + 1
+    runs = grid_runs("vit", seeds=3)
+    assert len(runs) == 3 * len(MAIN_SEEDS) + 1
     assert [r.name for r in runs[:2]] == ["residual-L1-d32-s0", "dhc4-L1-d32-s0"]  # the headline pair first
 
 
