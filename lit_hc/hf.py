@@ -19,13 +19,13 @@ This module needs only torch (the models come from `transformers`, the `hf` extr
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lit_hc.hyper_connections import HCConfig, HyperConnection, ManifoldHyperConnection, StreamConnection, expand_streams
 from lit_hc.optim import split_decay
@@ -34,10 +34,10 @@ from lit_hc.optim import split_decay
 class InjectedBlock(nn.Module):
     """One pretrained block running on n streams: H' = depth(block(x) - x, R, beta) with x, R, beta = width(H)."""
 
-    def __init__(self, block: nn.Module, hc: StreamConnection, first: bool, last: bool, recompute: bool = False):
+    def __init__(self, block: nn.Module, hc: StreamConnection, first: bool, last: bool):
         super().__init__()
         self.block, self.hc = block, hc
-        self.n, self.first, self.last, self.recompute = hc.expansion_rate, first, last, recompute
+        self.n, self.first, self.last = hc.expansion_rate, first, last
 
     def streams(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(b, t, d) before the first block, (b, t, n*d) after it -> H (b, t, n, d)."""
@@ -47,10 +47,7 @@ class InjectedBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         H = self.streams(hidden_states)
-        if self.recompute and torch.is_grad_enabled():  # keep H only; redo the mixing in the backward pass
-            x, R, beta = checkpoint(self.hc.width_connection, H, use_reentrant=False)
-        else:
-            x, R, beta = self.hc.width_connection(H)
+        x, R, beta = self.hc.width(H)  # with hc.recompute: H only is kept, the mixing redone in backward
         out = self.block(x, *args, **kwargs)
         y = out[0] if isinstance(out, tuple) else out
         H = self.hc.depth_connection(y - x, R, beta)
@@ -107,7 +104,8 @@ def inject_hc(model: nn.Module, target_class_name: str, expansion_rate: int = 4,
         kind: 'hc' (Hyper-Connections; `dynamic`/`use_tanh` as in the paper) or 'mhc' (manifold-constrained).
         epsilon: share of cross-stream mixing the residual matrix starts with (None: HC starts at the identity,
             mHC at its default near-identity doubly stochastic matrix). The function at injection is unchanged.
-        recompute: recompute the width connection in the backward pass instead of storing its activations.
+        recompute: recompute the width connection in the backward pass instead of storing its activations
+            (HCConfig.recompute; either one turns it on).
         dim: hidden size; read from model.config when None.
         hc: the whole residual variant (HCConfig: also freeze_width / freeze_beta, sinkhorn_iters); when given it
             replaces kind, expansion_rate, dynamic and use_tanh. Its output_init_scale must stay 'auto' or
@@ -118,6 +116,7 @@ def inject_hc(model: nn.Module, target_class_name: str, expansion_rate: int = 4,
     if epsilon is not None and not 0 <= epsilon < 1:
         raise ValueError(f"epsilon={epsilon} must be in [0, 1)")
     hc_config = hc or HCConfig(kind=kind, expansion_rate=expansion_rate, dynamic=dynamic, use_tanh=use_tanh)
+    hc_config = dataclasses.replace(hc_config, recompute=hc_config.recompute or recompute)
     if hc_config.kind == "residual":
         raise ValueError("HCConfig.kind='residual' injects nothing: leave the model as it is for the baseline")
     if hc_config.output_init_scale not in ("auto", "none"):
@@ -144,7 +143,7 @@ def inject_hc(model: nn.Module, target_class_name: str, expansion_rate: int = 4,
             param = next(block.parameters(), None)
             if param is not None:
                 hc.to(device=param.device, dtype=param.dtype)
-            wrapper = InjectedBlock(block, hc, first=i == 0, last=i == len(names) - 1, recompute=recompute)
+            wrapper = InjectedBlock(block, hc, first=i == 0, last=i == len(names) - 1)
             if isinstance(parent, nn.ModuleList):
                 parent[int(child_name)] = wrapper
             else:

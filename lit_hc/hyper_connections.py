@@ -18,6 +18,7 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 Branch = Callable[[torch.Tensor], torch.Tensor]
 NormLayer = Callable[[int], nn.Module]
@@ -50,6 +51,11 @@ class HCConfig:
     multiplier, e.g. 0.5 gives the residual baseline the init that 'divide' gives HC at n = 4 (a control)."""
     sinkhorn_iters: int = 20
     """mHC only: Sinkhorn-Knopp iterations that project H_res onto doubly stochastic matrices."""
+    recompute: bool = False
+    """Keep only H for the backward pass of each width connection and compute its intermediates (norm,
+    projection, coefficients, Sinkhorn) again there: less training memory for one more width-connection forward
+    per sub-layer, the same values (the mHC paper recomputes its kernels' outputs the same way). Not part of the
+    variant's name: it changes how, not what, is computed."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -121,11 +127,14 @@ class HCConfig:
         if self.kind == "residual":
             return Residual()
         if self.kind == "hc":
-            return HyperConnection(
+            module = HyperConnection(
                 dim, self.expansion_rate, layer_idx, dynamic=self.dynamic, use_tanh=self.use_tanh,
                 freeze_width=self.freeze_width, freeze_beta=self.freeze_beta, norm_layer=norm_layer,
             )
-        return ManifoldHyperConnection(dim, self.expansion_rate, layer_idx, sinkhorn_iters=self.sinkhorn_iters)
+        else:
+            module = ManifoldHyperConnection(dim, self.expansion_rate, layer_idx, sinkhorn_iters=self.sinkhorn_iters)
+        module.recompute = self.recompute
+        return module
 
 
 class _StreamMix(torch.autograd.Function):
@@ -219,9 +228,16 @@ class StreamConnection(nn.Module):
 
     expansion_rate: int = 1
     decay_params: tuple[str, ...] = ()  # parameter names that get weight decay (see lit_hc.optim)
+    recompute: bool = False  # HCConfig.recompute
 
     def width_connection(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def width(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """width_connection(H); with `recompute`, only H is kept for backward (torch.utils.checkpoint)."""
+        if self.recompute and torch.is_grad_enabled():
+            return checkpoint(self.width_connection, H, use_reentrant=False)
+        return self.width_connection(H)
 
     @staticmethod
     def depth_connection(y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -229,7 +245,7 @@ class StreamConnection(nn.Module):
         return stream_add(y, R, beta)
 
     def forward(self, H: torch.Tensor, branch: Branch) -> torch.Tensor:
-        x, R, beta = self.width_connection(H)
+        x, R, beta = self.width(H)
         return self.depth_connection(branch(x), R, beta)
 
     def connection_matrix(self, H: torch.Tensor) -> torch.Tensor:
@@ -320,17 +336,74 @@ class HyperConnection(StreamConnection):
         return f"n={self.expansion_rate}, layer_idx={self.layer_idx}, dynamic={self.dynamic}"
 
 
+def _sinkhorn_loop(M: torch.Tensor, iters: int, row: int, col: int, steps: list | None = None) -> torch.Tensor:
+    """Alternately divide M by its row sums (over dim `col`) and column sums (over dim `row`), `iters` times each;
+    with `steps`, keep (normalised M, divisor, dim) of every division for the backward."""
+    for _ in range(iters):
+        for dim in (col, row):
+            divisor = M.sum(dim, keepdim=True)
+            M = M / divisor
+            if steps is not None:
+                steps.append((M, divisor, dim))
+    return M
+
+
+def _sinkhorn_reference(logits: torch.Tensor, iters: int) -> torch.Tensor:
+    """The iterations as plain autograd ops on (..., n, n): what torch.compile fuses, and the reference the fast
+    path is tested against."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return _sinkhorn_loop(torch.exp(x - x.amax(dim=(-1, -2), keepdim=True)), iters, row=-2, col=-1)
+
+
+class _Sinkhorn(torch.autograd.Function):
+    """Sinkhorn-Knopp without an autograd graph: forward keeps only the logits; backward recomputes the iterations
+    and runs their exact reverse, so the gradient is the unrolled one (equal to autograd through the loop to
+    rounding), not the implicit-function one, which is exact only at convergence.
+
+    Every op runs on an (n, n, tokens) layout, tokens innermost: on CPU each division or sum then loops over the
+    tokens contiguously instead of over n = 4 entries, which is most of the speed-up; the graph autograd would build
+    (2 x iters divisions and sums per call, each saving its inputs) is the rest.
+    """
+
+    @staticmethod
+    def _tokens_last(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, *x.shape[-2:]).permute(1, 2, 0).contiguous()  # (..., n, n) -> (n, n, tokens)
+
+    @staticmethod
+    def _iterate(logits: torch.Tensor, iters: int, steps: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = _Sinkhorn._tokens_last(logits.to(torch.promote_types(logits.dtype, torch.float32)))
+        M0 = torch.exp(x - x.amax(dim=(0, 1), keepdim=True))
+        return M0, _sinkhorn_loop(M0, iters, row=0, col=1, steps=steps)
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, iters: int) -> torch.Tensor:
+        ctx.save_for_backward(logits)
+        ctx.iters = iters
+        _, M = _Sinkhorn._iterate(logits, iters)
+        return M.permute(2, 0, 1).reshape(logits.shape)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (logits,) = ctx.saved_tensors
+        steps: list = []
+        M0, _ = _Sinkhorn._iterate(logits, ctx.iters, steps)
+        g = _Sinkhorn._tokens_last(grad.to(M0.dtype))
+        for M, divisor, dim in reversed(steps):  # M = P / P.sum(dim)  =>  dL/dP = (g - sum_dim(g * M)) / P.sum(dim)
+            g = (g - (g * M).sum(dim, keepdim=True)) / divisor
+        # M0 = exp(x - max x): the shift's term is -sum(g * M0), zero because the result does not change when M0 is
+        # scaled (it is left out, as rounding is all autograd would add).
+        return (g * M0).permute(2, 0, 1).reshape(logits.shape).to(logits.dtype), None
+
+
 def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
-    """exp(logits), then alternately normalise rows and columns; float32; (..., n, n) -> (..., n, n).
+    """exp(logits), then alternately normalise rows and columns; float32 (float64 stays float64); (..., n, n).
 
     Columns sum to 1 exactly after the last step, rows approximately (the residual shrinks geometrically).
+    Eager: one autograd Function (_Sinkhorn); compiled: the plain loop, which inductor fuses.
     """
-    dtype = logits.dtype
-    M = torch.exp(logits.float() - logits.float().amax(dim=(-1, -2), keepdim=True))
-    for _ in range(iters):
-        M = M / M.sum(dim=-1, keepdim=True)
-        M = M / M.sum(dim=-2, keepdim=True)
-    return M.to(dtype)
+    if torch.compiler.is_compiling():
+        return _sinkhorn_reference(logits, iters).to(logits.dtype)
+    return _Sinkhorn.apply(logits, iters).to(logits.dtype)
 
 
 class ManifoldHyperConnection(StreamConnection):
@@ -347,7 +420,8 @@ class ManifoldHyperConnection(StreamConnection):
         super().__init__()
         n = expansion_rate
         self.expansion_rate, self.layer_idx, self.sinkhorn_iters = n, layer_idx, sinkhorn_iters
-        self.norm = nn.RMSNorm(n * dim, elementwise_affine=False)  # a gain would be absorbed by phi
+        # RMSNorm of vec(H) without a gain (a gain would be absorbed by phi); applied after the projection, see
+        # coefficients. eps as nn.RMSNorm's default: the dtype's machine epsilon.
         self.phi = nn.Parameter(torch.zeros(n * dim, 2 * n + n * n))  # 0 at init: coefficients = their biases
         self.a_pre = nn.Parameter(torch.full((1,), 0.01))  # shape (1,): FSDP cannot shard 0-dim parameters
         self.a_post = nn.Parameter(torch.full((1,), 0.01))
@@ -368,7 +442,12 @@ class ManifoldHyperConnection(StreamConnection):
     def coefficients(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """H_pre (..., n), H_post (..., n), H_res (..., n, n) per token."""
         n = self.expansion_rate
-        proj = self.norm(H.flatten(-2)) @ self.phi  # (..., n*d) @ (n*d, 2n+n^2) -> (..., 2n+n^2)
+        # RMSNorm(v) @ phi = (v @ phi) / rms(v): dividing the (..., 2n+n^2) product instead of the (..., n*d) input
+        # saves writing a normalised copy of H and its backward pass, the reordering the mHC paper makes in its
+        # fused kernels (arXiv:2512.24880, infrastructure design). One reduction reads H for rms(v).
+        v = H.flatten(-2)  # (..., n*d)
+        mean_square = torch.linalg.vector_norm(v, dim=-1, keepdim=True).square() / v.shape[-1]
+        proj = (v @ self.phi) * torch.rsqrt(mean_square + torch.finfo(v.dtype).eps)  # (..., 2n+n^2)
         h_pre = torch.sigmoid(self.a_pre * proj[..., :n] + self.b_pre)
         h_post = 2 * torch.sigmoid(self.a_post * proj[..., n : 2 * n] + self.b_post)
         res_logits = self.a_res * proj[..., 2 * n :].unflatten(-1, (n, n)) + self.b_res

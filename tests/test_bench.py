@@ -23,6 +23,9 @@ def test_bench_smoke_eager(tmp_path):
             assert float(r["step_ratio"]) == float(r["memory_ratio"]) == float(r["infer_ratio"]) == 1.0
         elif r["variant"] != "shc4":  # more streams, more saved activations
             assert float(r["memory_ratio"]) > 1.0
+    memory = {(r["model"], r["variant"]): float(r["memory_mb"]) for r in rows}
+    for model in ("lm", "vit"):  # recomputation keeps only H of each width connection for backward
+        assert all(memory[(model, f"{v}-recompute")] < memory[(model, v)] for v in ("dhc4", "mhc4"))
     md = (tmp_path / "bench.md").read_text()
     assert "python -m experiments.bench --quick" in md and "torch " in md and "| dhc4 |" in md
 

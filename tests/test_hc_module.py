@@ -45,7 +45,7 @@ def reference_mhc(m: ManifoldHyperConnection, H, branch):
         phi_pre, phi_post, phi_res = m.phi[:, :N], m.phi[:, N : 2 * N], m.phi[:, 2 * N :]
         pre = torch.sigmoid(m.a_pre * (v @ phi_pre) + m.b_pre)
         post = 2 * torch.sigmoid(m.a_post * (v @ phi_post) + m.b_post)
-        M = torch.exp((m.a_res * (v @ phi_res).reshape(N, N) + m.b_res).float())
+        M = torch.exp((m.a_res * (v @ phi_res).reshape(N, N) + m.b_res).to(torch.promote_types(h.dtype, torch.float32)))
         for _ in range(m.sinkhorn_iters):
             M = M / M.sum(1, keepdim=True)
             M = M / M.sum(0, keepdim=True)
@@ -78,11 +78,11 @@ def test_mhc_matches_reference_forward_and_grad():
     w = torch.randn(D, D, dtype=torch.float64, requires_grad=True)
     H = torch.randn(5, N, D, dtype=torch.float64, requires_grad=True)
     ours, ref = m(H, _branch(w)), reference_mhc(m, H, _branch(w))
-    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)  # float64 throughout, Sinkhorn included
     g = torch.randn_like(ours)
     params = [H, w, *m.parameters()]
     for a, b in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(ref, params, g)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["shc", "dhc", "dhc-notanh"])
@@ -120,6 +120,26 @@ def test_mhc_res_doubly_stochastic_and_pre_nonnegative():
     torch.testing.assert_close(res.sum(-2), torch.ones(64, 4), rtol=0, atol=1e-5)
     assert (res >= 0).all() and (pre >= 0).all() and (post >= 0).all() and (post <= 2).all()
     assert torch.isfinite(m(H, torch.sin)).all()
+
+
+def test_sinkhorn_function_equals_the_unrolled_loop():
+    """The graph-free Sinkhorn (forward without a graph, backward by recomputation) against autograd through the
+    plain loop: equal forward and gradients in float64 for per-token and single matrices; gradcheck; and an
+    input in bfloat16 gets its gradient in bfloat16 (the iterations run in float32)."""
+    from lit_hc.hyper_connections import _sinkhorn_reference
+
+    for shape in [(2, 5, 4, 4), (3, 3)]:
+        x = (2 * torch.randn(shape, dtype=torch.float64)).requires_grad_()
+        ours, ref = sinkhorn_knopp(x, 20), _sinkhorn_reference(x, 20)
+        torch.testing.assert_close(ours, ref, rtol=1e-14, atol=1e-14)
+        g = torch.randn_like(ours)
+        torch.testing.assert_close(torch.autograd.grad(ours, x, g)[0], torch.autograd.grad(ref, x, g)[0],
+                                   rtol=1e-10, atol=1e-13)
+    assert torch.autograd.gradcheck(lambda t: sinkhorn_knopp(t, 5), (torch.randn(2, 3, 3, dtype=torch.float64,
+                                                                                  requires_grad=True),))
+    x = torch.randn(4, 4, 4, dtype=torch.bfloat16, requires_grad=True)
+    sinkhorn_knopp(x).float().pow(2).sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all() and x.grad.abs().sum() > 0
 
 
 def test_sinkhorn_is_stable_for_large_logits_and_keeps_dtype():
@@ -212,3 +232,53 @@ def test_first_block_gradient_through_expanded_streams():
     x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     alpha = torch.randn(3, 4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x: stream_mix(expand_streams(x, 3), alpha)[1], (x,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["residual", "shc4", "dhc4", "mhc4"])
+def test_block_compiles_without_graph_breaks(name):
+    """One Transformer block of every variant under torch.compile(fullgraph=True): dynamo traces it whole (a graph
+    break is an error), and the compiled block equals the eager one, forward and gradients."""
+    from lit_hc import HCConfig
+    from lit_hc.layers import Block
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    block = Block(16, 2, index=1, hc=HCConfig.from_name(name), causal=True, mlp_ratio=2.0)
+    _randomize(block, scale=0.05)
+    n = block.hc_attn.expansion_rate
+    H = torch.randn(2, 8, n, 16, requires_grad=True)
+    compiled = torch.compile(block, fullgraph=True, backend="inductor")
+    out, ref = compiled(H), block(H)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(out)
+    params = [H, *block.parameters()]
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["dhc4", "mhc4"])
+def test_recompute_gives_the_same_values_and_keeps_less(name):
+    """HCConfig.recompute: the same loss and gradients (float64, random non-init parameters), and fewer bytes
+    kept for backward (only H of each width connection)."""
+    import dataclasses
+
+    from lit_hc import GPT, GPTConfig, HCConfig
+    from lit_hc.analysis import saved_activation_bytes
+
+    models = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        hc = dataclasses.replace(HCConfig.from_name(name), recompute=recompute)
+        models.append(GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=2, n_head=2, n_embd=16, hc=hc)).double())
+    _randomize(models[0], scale=0.05)
+    models[1].load_state_dict(models[0].state_dict())
+    idx = torch.randint(0, 32, (3, 8), generator=torch.Generator().manual_seed(1))
+    grads = []
+    for model in models:
+        loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+        grads.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=0)
+    for a, b in zip(grads[1][1], grads[0][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert saved_activation_bytes(models[1], idx) < 0.8 * saved_activation_bytes(models[0], idx)

@@ -166,7 +166,7 @@ def test_detach_history_recomputes_with_the_same_gradients():
     for detach in (False, True):
         model, block = _build("gpt2")
         inject_mhc(model, block, max_history=4, mode="hc", detach_history=detach)
-        assert model.transformer.h[1].recompute is detach
+        assert model.transformer.h[1].hc.recompute is detach
         ids = torch.randint(1, 128, (2, 10), generator=torch.Generator().manual_seed(3))
         model.train()
         torch.manual_seed(4)  # the same dropout masks

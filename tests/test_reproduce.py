@@ -307,3 +307,25 @@ def test_comparisons_table_pairs_a_control_with_its_reference():
     # diffs +0.1, -0.05: mean +0.025, std 0.106066, half width 12.706 * 0.106066 / sqrt(2) = 0.952950
     assert rows[0] == "| equal wall-clock | +0.025 [-0.928, +0.978], 1/2 | dhc4 | residual-steps1100 |"
     assert rows[1] == "| not finished | not run yet | mhc4 | residual |"
+
+
+def test_vit_tables_pair_the_loss_and_top1():
+    """ViT: the loss is the paired metric (lower is better), top-1 is paired beside it (higher is better)."""
+    from experiments.grids import Study
+    from experiments.summarize import comparisons_markdown, depth_markdown, depth_rows
+
+    def done(variant, seed, loss, acc):
+        return {"run": {"variant": variant, "knobs": [["L", 12], ["d", 64]]}, "seed": seed,
+                "final": {"val_loss": loss, "val_acc1": acc}, "params": 100 if variant == "residual" else 110}
+
+    runs = {"residual": [done("residual", 0, 1.0, 0.60), done("residual", 1, 1.2, 0.50)],
+            "dhc4": [done("dhc4", 0, 0.9, 0.62), done("dhc4", 1, 1.25, 0.51)]}
+    study = Study("controls", "vit", None, (), (0, 1), comparisons=(("dhc4", "residual", "q"),))
+    row = [line for line in comparisons_markdown(study, runs).splitlines() if line.startswith("| q |")][0]
+    # loss diffs -0.1, +0.05: mean -0.025, std 0.106066, half width 12.706 * 0.106066 / sqrt(2) = 0.952950;
+    # top-1 diffs +2, +1 points: mean +1.5, std 0.707107, half width 6.353
+    assert row == "| q | -0.025 [-0.978, +0.928], 1/2 | +1.5 [-4.9, +7.9], 2/2 | dhc4 | residual |"
+    depth = Study("depth", "vit", None, (), (0, 1), base_knobs={"d": 64, "lr": 2e-3})
+    (r,) = depth_rows(depth, runs)
+    assert (r["depth"], r["n"], r["wins"], r["top1_wins"]) == (12, 2, 1, 2)
+    assert r["top1_delta"] == pytest.approx(1.5) and r["residual_top1"] == pytest.approx(55.0)
