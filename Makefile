@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 # hf: the Hugging Face injection (lit_hc.hf) and its tests; bench: the peer HC package `make bench` measures
 EXTRAS ?= --extra dev --extra hf --extra bench
 
-.PHONY: help install test test-fast reproduce bench tensorboard clean-venv
+.PHONY: help install test test-fast reproduce bench bench-widths tensorboard clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ reproduce: install ## Run a study into results/ [STUDY=main|depth|controls] [TAS
 BENCH_ARGS ?=
 bench: install ## Step time, memory and inference speed of every variant vs the baseline -> results/bench.{md,csv} (8-18 min here)
 	$(PY) -m experiments.bench $(BENCH_ARGS)
+
+bench-widths: install ## HC's step-time overhead at d = 64 (16 layers) to 1024, eager and compiled, against its memory-traffic floor -> results/bench_widths.{md,csv}
+	$(PY) -m experiments.bench --sweep $(BENCH_ARGS)
 
 LOGDIR ?= results
 tensorboard: install ## Serve TensorBoard for results/ (all runs side by side) [LOGDIR=runs]

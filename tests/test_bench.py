@@ -48,3 +48,26 @@ def test_profile_writes_the_top_operators(tmp_path):
     bench(["--quick", "--model", "lm", "--profile", "--variants", "dhc4", "--out", str(tmp_path)])
     text = (tmp_path / "bench_profile.md").read_text()
     assert "## residual:" in text and "## dhc4:" in text and "`aten::" in text
+
+
+def test_floor_bytes_counts_the_stream_passes():
+    from experiments.bench import floor_bytes
+    from lit_hc import GPTConfig
+
+    arch = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    # 4 sub-layers x 32 tokens x float32: n = 4 streams move 5 n d = 320 values per token, the baseline 4 d = 64
+    assert floor_bytes(arch, 2, 4) == 4 * 32 * 320 * 4 == 163_840
+    assert floor_bytes(arch, 2, 1) == 4 * 32 * 64 * 4 == 32_768
+
+
+def test_width_sweep_smoke(tmp_path):
+    bench(["--sweep", "--quick", "--mode", "eager", "--variants", "dhc4", "mhc4", "--repeats", "1", "--steps", "1",
+           "--warmup", "1", "--out", str(tmp_path)])
+    rows = _rows(tmp_path / "bench_widths.csv")
+    assert [(r["width"], r["variant"]) for r in rows] == [(w, v) for w in ("d16-L2", "d32") for v in ("residual", "dhc4", "mhc4")]
+    for r in rows:
+        assert float(r["floor_ratio"]) >= 1.0 and float(r["bandwidth_gb_s"]) > 0
+        if r["variant"] != "residual":  # the overhead over the floor's, as the table states it
+            expected = (float(r["step_ratio"]) - 1) / float(r["floor_overhead"])
+            assert float(r["overhead_over_floor"]) == pytest.approx(expected, rel=2e-2)
+    assert "| dhc4 |" in (tmp_path / "bench_widths.md").read_text()
