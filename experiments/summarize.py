@@ -29,6 +29,7 @@ from lit_hc.io import write_atomic
 from lit_hc.plots import unrolled_connections_figure
 
 UNIT = {"lm": "tokens", "vit": "images"}
+TASK_NAME = {"lm": "LM", "vit": "ViT"}
 
 
 def event_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
@@ -236,7 +237,7 @@ def markdown(task: str, rows: list[dict], command: str) -> str:
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
                f"torch {torch.__version__}")
     return "\n".join([
-        f"# {task.upper()} grid summary", "",
+        f"# {TASK_NAME[task]} grid summary", "",
         f"Tables and plots written by `{command}` from the run folders beside this file ({machine}); "
         "each run's own command is in its done.json.",
         "Mean ± sample std over seeds where a variant has several. Paired Δ = variant − residual per seed (same "
@@ -269,7 +270,7 @@ def val_curves_figure(task: str, runs: dict[str, list[dict]]) -> Figure:
                             color=line.get_color(), alpha=0.15)
     ax.set_xlabel(f"training {UNIT[task]}")
     ax.set_ylabel("validation loss")
-    ax.set_title(f"{task.upper()}: validation loss (shaded: min-max over seeds)")
+    ax.set_title(f"{TASK_NAME[task]}: validation loss (shaded: min-max over seeds)")
     finals = [r["final"]["val_loss"] for rs in runs.values() for r in rs]
     ax.set_ylim(min(finals) - 0.05, max(finals) + 0.6)
     ax.legend(fontsize=8)
@@ -335,8 +336,8 @@ def comparisons_markdown(study: Study, runs: dict[str, list[dict]]) -> str:
 def summarize_grid(results: Path, study: Study, runs: dict[str, list[dict]], command: str) -> list[dict]:
     task, out = study.task, results / study.task / study.name
     rows = summary_rows(task, runs, study)
-    md = markdown(task, rows, command).replace(f"# {task.upper()} grid summary",
-                                                f"# {task.upper()} {study.name}: {study.about}")
+    md = markdown(task, rows, command).replace(f"# {TASK_NAME[task]} grid summary",
+                                                f"# {TASK_NAME[task]} {study.name}: {study.about}")
     extra = comparisons_markdown(study, runs)
     _write_table(out, rows, md + "\n" + (extra + "\n" if extra else "") + "\n".join(provenance_lines(runs)) + "\n")
     write_atomic(out / "val_curves.png", _png(val_curves_figure(task, runs)))
@@ -344,7 +345,7 @@ def summarize_grid(results: Path, study: Study, runs: dict[str, list[dict]], com
     for variant in ("dhc4", "mhc4", "shc4", "shc2"):
         if variant in runs and runs[variant][0].get("connection_matrices"):
             weights = unrolled_connections(torch.tensor(runs[variant][0]["connection_matrices"]))
-            fig = unrolled_connections_figure(weights, f"{task.upper()} {variant}, seed {runs[variant][0]['seed']}: "
+            fig = unrolled_connections_figure(weights, f"{TASK_NAME[task]} {variant}, seed {runs[variant][0]['seed']}: "
                                               "unrolled connections (Fig. 7 view)")
             write_atomic(out / f"connections_{variant}.png", _png(fig))
     return rows
@@ -419,7 +420,7 @@ def depth_markdown(study: Study, rows: list[dict], command: str, provenance: lis
               f"{b.steps} steps x {b.batch_size} windows = {b.units(128):,} tokens per run, AdamW lr "
               f"{k.get('lr'):g}, {warmup}")
     return "\n".join([
-        f"# {study.task.upper()} depth study: {study.about}", "",
+        f"# {TASK_NAME[study.task]} depth study: {study.about}", "",
         f"Written by `{command}` from the runs in results/{study.task}/runs/ (each run's command is in its "
         f"done.json). {regime}; seeds {list(study.seeds)} (the seeds the main grid's depth was chosen on).",
         "Paired Δ = DHC x4 − residual per seed (same data order and non-HC init); mean ± sample std, 95% "
@@ -473,7 +474,7 @@ def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool
     deep = {lab: rs[0] for lab, rs in runs.items() if lab.startswith("dhc4") and rs[0].get("connection_matrices")}
     for lab, r in deep.items():
         weights = unrolled_connections(torch.tensor(r["connection_matrices"]))
-        fig = unrolled_connections_figure(weights, f"{study.task.upper()} DHC x4, {lab.split('-')[1]}, seed {r['seed']}: unrolled connections")
+        fig = unrolled_connections_figure(weights, f"{TASK_NAME[study.task]} DHC x4, {lab.split('-')[1]}, seed {r['seed']}: unrolled connections")
         write_atomic(out / f"connections_{lab}.png", _png(fig))
     if deep:
         write_atomic(out / "gains.png", _png(gains_figure(deep)))
