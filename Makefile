@@ -9,8 +9,9 @@ VENV := .venv
 export UV_SYSTEM_CERTS ?= 1
 export UV_NATIVE_TLS ?= 1
 PY := $(VENV)/bin/python
-# hf: the Hugging Face injection (lit_hc.hf) and its tests; bench: the peer HC package `make bench` measures
-EXTRAS ?= --extra dev --extra hf --extra bench
+# hf: the Hugging Face injection (lit_hc.hf) and its tests; bench: the peer HC package `make bench` measures;
+# data: pyarrow, datasets and zstandard for `lit-hc prepare` (parquet, save_to_disk folders, .jsonl.zst)
+EXTRAS ?= --extra dev --extra hf --extra bench --extra data
 
 .PHONY: help install test test-fast reproduce bench bench-widths tensorboard clean-venv
 

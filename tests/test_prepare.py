@@ -120,3 +120,52 @@ def test_bad_sources_and_tokenizers_are_one_line(tmp_path, capsys):
         prepare_shards(str(tmp_path / "nofield"), str(tmp_path / "o2"))
     assert prepare_shards(str(tmp_path / "nofield"), str(tmp_path / "o3"), text_field="content",
                           val_fraction=0.5)["documents"] == 1
+
+
+def _expected_bytes(texts_and_ids, val_fraction, want_val):
+    return b"".join(t.encode() + b"\0" for t, i in texts_and_ids if is_val(i, val_fraction) == want_val)
+
+
+def test_parquet_folder_row_ids_and_text_field(tmp_path):
+    """Parquet files (pyarrow, the `data` extra): one document per row of the chosen column, id `file:row`."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    pq.write_table(pa.table({"content": DOCS[:4], "n": list(range(4))}), corpus / "a.parquet", row_group_size=3)
+    pq.write_table(pa.table({"content": DOCS[4:], "n": [4, 5]}), corpus / "sub" / "b.parquet")
+    meta = prepare_shards(str(corpus), str(tmp_path / "out"), "byte", val_fraction=0.4, text_field="content")
+    ids = [f"a.parquet:{r}" for r in range(4)] + ["sub/b.parquet:0", "sub/b.parquet:1"]
+    for split, want_val in (("train", False), ("val", True)):
+        assert (tmp_path / "out" / f"{split}.bin").read_bytes() == _expected_bytes(zip(DOCS, ids), 0.4, want_val)
+    assert meta["documents"] == 6
+
+
+def test_hugging_face_dataset_saved_to_disk(tmp_path):
+    """A `save_to_disk` folder (`datasets`, the `data` extra): every split, ids `split:row`; a missing text field
+    is one line naming the field and the ones there are."""
+    datasets = pytest.importorskip("datasets")
+
+    folder = tmp_path / "ds"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": DOCS[:4]}),
+                          "test": datasets.Dataset.from_dict({"text": DOCS[4:]})}).save_to_disk(str(folder))
+    meta = prepare_shards(str(folder), str(tmp_path / "out"), "byte", val_fraction=0.4)
+    ids = [f"train:{r}" for r in range(4)] + ["test:0", "test:1"]
+    for split, want_val in (("train", False), ("val", True)):
+        assert (tmp_path / "out" / f"{split}.bin").read_bytes() == _expected_bytes(zip(DOCS, ids), 0.4, want_val)
+    assert meta["documents"] == 6
+    with pytest.raises(ValueError, match="has no field 'body'.*'text'.*--text_field"):
+        prepare_shards(str(folder), str(tmp_path / "out2"), "byte", text_field="body")
+
+
+def test_zstandard_jsonl(tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    with zstandard.open(corpus / "a.jsonl.zst", "wt", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"text": d}) + "\n" for d in DOCS))
+    prepare_shards(str(corpus), str(tmp_path / "out"), "byte", val_fraction=0.4)
+    ids = [f"a.jsonl.zst:{n}" for n in range(6)]
+    assert (tmp_path / "out" / "train.bin").read_bytes() == _expected_bytes(zip(DOCS, ids), 0.4, False)

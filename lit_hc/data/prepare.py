@@ -4,7 +4,7 @@
     lit-hc prepare --source /corpora/fineweb-edu/ --out data/fwe --tokenizer /models/olmo-1b  # parquet / jsonl
 
 Sources: 'stdlib', a folder of .txt/.py/.md files (one document per file), .jsonl / .jsonl.gz files or folders of
-them (one document per line, its `text_field`), .parquet files or folders of them (needs pyarrow), and a Hugging
+them (one document per line, its `text_field`; .jsonl.zst needs zstandard), .parquet files or folders of them (needs pyarrow), and a Hugging
 Face dataset saved with `save_to_disk` (needs `datasets`). Tokenizers: 'byte', 'gpt2' (tiktoken), or a Hugging Face
 tokenizer from a local folder or tokenizer.json (`tokenizers`, installed with the `hf` extra); its end-of-text token
 separates documents. Nothing is downloaded.
@@ -35,7 +35,7 @@ from lit_hc.data.tokenizers import Tokenizer, get_tokenizer
 from lit_hc.io import write_atomic, write_atomic_with
 
 TEXT_SUFFIXES = (".txt", ".py", ".md")
-JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 
 
 def stdlib_root() -> Path:
@@ -82,7 +82,7 @@ def iter_documents(root: Path, text_field: str = "text") -> Iterator[tuple[str, 
             yield f.relative_to(root).as_posix(), f.read_bytes().decode("utf-8", errors="replace")
     elif kind == "jsonl":
         for f in _files(root, JSONL_SUFFIXES):
-            with (gzip.open(f, "rt", encoding="utf-8") if f.name.endswith(".gz") else open(f, encoding="utf-8")) as lines:
+            with _open_text(f) as lines:
                 for n, line in enumerate(lines):
                     if line.strip():
                         yield f"{f.relative_to(base).as_posix()}:{n}", _field(json.loads(line), text_field, f, n)
@@ -90,8 +90,8 @@ def iter_documents(root: Path, text_field: str = "text") -> Iterator[tuple[str, 
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ValueError(f"{root} holds parquet files, which need pyarrow: pip install pyarrow "
-                             "(or convert them to .jsonl)") from None
+            raise ValueError(f"{root} holds parquet files, which need pyarrow: install the `data` extra "
+                             "(uv sync --extra data) or pip install pyarrow") from None
         for f in _files(root, (".parquet",)):
             row = 0
             for batch in pq.ParquetFile(f).iter_batches(columns=[text_field]):
@@ -102,13 +102,27 @@ def iter_documents(root: Path, text_field: str = "text") -> Iterator[tuple[str, 
         try:
             import datasets
         except ImportError:
-            raise ValueError(f"{root} is a Hugging Face dataset folder, which needs `datasets`: pip install "
-                             "datasets") from None
+            raise ValueError(f"{root} is a Hugging Face dataset folder, which needs `datasets`: install the "
+                             "`data` extra (uv sync --extra data) or pip install datasets") from None
         dataset = datasets.load_from_disk(str(root))
         splits = dataset.items() if isinstance(dataset, datasets.DatasetDict) else [("", dataset)]
         for split, part in splits:
             for row, record in enumerate(part):
                 yield f"{split}:{row}", _field(record, text_field, root, row)
+
+
+def _open_text(path: Path):
+    """A .jsonl, .jsonl.gz or .jsonl.zst file as text lines."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.name.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise ValueError(f"{path} is zstandard-compressed, which needs zstandard: install the `data` extra "
+                             "(uv sync --extra data) or pip install zstandard") from None
+        return zstandard.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
 
 
 def _field(record: dict, text_field: str, where, n: int) -> str:
@@ -184,7 +198,7 @@ def prepare_shards(source: str, out: str, tokenizer: str = "byte", val_fraction:
             pool.terminate()
     index_count = len(list(parts.glob("val-*.bin")))
     if index_count == 0:
-        raise ValueError(f"text source {root} has no documents: point --source at text, .jsonl(.gz) or .parquet")
+        raise ValueError(f"text source {root} has no documents: point --source at text, .jsonl(.gz/.zst) or .parquet")
     meta = {"tokenizer": tok.name, "tokenizer_hash": tok.fingerprint, "vocab_size": tok.vocab_size,
             "dtype": np.dtype(tok.dtype).name, "separator": list(tok.separator), "source": str(root),
             "val_fraction": val_fraction, "text_field": text_field}
