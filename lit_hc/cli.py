@@ -15,16 +15,14 @@ import hashlib
 import json
 import os
 import sys
-from functools import partial
 from pathlib import Path
 
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_hc.callbacks import CheckpointOnException, NonFiniteGuard, stop_message
+from lit_hc.callbacks import CheckpointOnException, stop_message  # noqa: F401  (CheckpointOnException: old configs)
 from lit_hc.checkpoint_io import AtomicCheckpointIO, CheckpointError
 from lit_hc.hyper_connections import HCConfig
 from lit_hc.io import write_atomic
@@ -32,21 +30,6 @@ from lit_hc.lightning_compat import KeepGivenConfigOnResume
 
 TASK_NAMES = {"LanguageModel": "lm", "ImageClassifier": "vit"}
 LINKED = ("vocab_size", "block_size", "num_classes", "image_size")  # data module attribute -> model arch field
-
-
-# The callbacks every run gets, so that the configs list only what differs between them (the ModelCheckpoint's
-# metric and interval): a checkpoint when training stops on an exception, the stop (or skip) on a non-finite loss
-# or gradient, the learning rate in the logs. A config that lists one of these classes keeps its own instance
-# (e.g. NonFiniteGuard with action: skip) and gets no second one.
-DEFAULT_CALLBACKS = (CheckpointOnException, NonFiniteGuard, partial(LearningRateMonitor, logging_interval="step"))
-
-
-def _class(make) -> type:
-    return make.func if isinstance(make, partial) else make
-
-
-def _as_list(value) -> list:
-    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 class HCCLI(KeepGivenConfigOnResume, LightningCLI):
@@ -76,14 +59,13 @@ class HCCLI(KeepGivenConfigOnResume, LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         """Every trainer writes checkpoints atomically (AtomicCheckpointIO) unless the config names another
-        CheckpointIO plugin, and gets the DEFAULT_CALLBACKS the config does not list itself."""
+        CheckpointIO plugin."""
         config = self.config_init.get(self.subcommand) if self.subcommand else self.config_init
-        plugins = _as_list(config["trainer"].get("plugins"))
+        plugins = config["trainer"].get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        callbacks = _as_list(config["trainer"].get("callbacks"))
-        callbacks += [make() for make in DEFAULT_CALLBACKS if not any(isinstance(c, _class(make)) for c in callbacks)]
-        return super().instantiate_trainer(**kwargs, plugins=plugins, callbacks=callbacks)
+        return super().instantiate_trainer(**kwargs, plugins=plugins)
 
     def before_fit(self) -> None:
         """`--ckpt_path last` with no checkpoint in the run folder: say in one line that the run starts fresh."""
