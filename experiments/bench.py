@@ -258,12 +258,17 @@ def sweep(widths: dict, variants: list[str], modes: list[bool], repeats: int, st
     return rows
 
 
-def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: float) -> None:
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows as CSV, floats to 4 significant digits, written atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    write_atomic(out / "bench_widths.csv", buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
+
+
+def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: float) -> None:
+    write_csv(out / "bench_widths.csv", rows)
     widths = list(dict.fromkeys(r["width"] for r in rows))
     lines = ["# HC's step-time overhead against width, and its floor\n",
              f"Command: `{command}` ({seconds / 60:.1f} min)  ", f"Machine: {machine(device)}\n",
@@ -340,11 +345,7 @@ def machine(device) -> str:
 
 
 def write_results(rows: list[dict], specs: dict, out: Path, command: str, device, seconds: float) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
-    write_atomic(out / "bench.csv", buffer.getvalue())
+    write_csv(out / "bench.csv", rows)
     unit = {"lm": "tokens/s", "vit": "images/s"}
     mem_note = ("peak allocated (CUDA)" if device.type == "cuda"
                 else "params + grads + AdamW state + saved activations (CPU has no allocator statistic)")
