@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 # data: pyarrow, datasets and zstandard for `lit-hc prepare` (parquet, save_to_disk folders, .jsonl.zst)
 EXTRAS ?= --extra dev --extra hf --extra bench --extra data
 
-.PHONY: help install test test-fast reproduce bench bench-widths tensorboard clean-venv
+.PHONY: help install test test-slow test-all reproduce bench bench-widths tensorboard clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,11 +24,14 @@ install: ## Create .venv from the committed uv.lock (idempotent; bootstraps uv w
 	@$(UV) sync --locked --quiet $(EXTRAS)
 	@$(PY) -c "import torch, torchvision, lightning, timm; print(f'torch {torch.__version__}, torchvision {torchvision.__version__}, lightning {lightning.__version__}, timm {timm.__version__}')"
 
-test: install ## Run the whole test suite (CPU)
-	$(PY) -m pytest -q
-
-test-fast: install ## Run the tests without the slow end-to-end ones
+test: install ## Run the test suite without the slow end-to-end checks (CPU; CI runs those too: make test-slow)
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow: install ## Run only the slow end-to-end checks (every grid through the runner, chaos, compile, DDP)
+	$(PY) -m pytest -q -m slow
+
+test-all: install ## Run every test
+	$(PY) -m pytest -q
 
 TASK ?= all
 SCALE ?= cpu
