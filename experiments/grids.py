@@ -25,6 +25,8 @@ KNOBS: dict[str, dict[str, str]] = {
     "lr": {"lm": "--model.init_args.optim.lr", "vit": "--model.init_args.optim.lr"},
     # a longer run with the same warmup; the cosine stretches to the new end (the equal-wall-clock control)
     "steps": {"lm": "--trainer.max_steps", "vit": "--trainer.max_steps"},
+    # generated training images per class (the ViT's dataset size; its validation set stays 300 per class)
+    "train": {"vit": "--data.init_args.synthetic_train_per_class"},
 }
 
 
@@ -61,6 +63,9 @@ def run(task: str, variant: str, seed: int, **knobs) -> Run:
     unknown = set(knobs) - set(KNOBS)
     if unknown:
         raise ValueError(f"unknown knobs {sorted(unknown)}; known: {list(KNOBS)}")
+    foreign = sorted(k for k in knobs if task not in KNOBS[k])
+    if foreign:
+        raise ValueError(f"knobs {foreign} do not apply to the {task} task")
     return Run(task, variant, seed, tuple((k, knobs[k]) for k in KNOBS if k in knobs))
 
 
@@ -111,6 +116,12 @@ VIT_BUDGET = Budget(steps=600, batch_size=64, val_every=100)
 VIT_WIDTH, VIT_LR = 64, 2e-3
 VIT_DEPTHS = (12, 4, 8)
 VIT_MAIN_DEPTH = 12
+# At 600 steps the baseline gained nothing from depth (final val loss 0.917 / 0.878 / 0.927 at L = 4 / 8 / 12,
+# seeds 0-2; results/vit/regime-600), so that regime cannot test HC's depth argument: every model was still
+# learning (val loss falling ~0.07 per 100 steps at the end). The ViT studies therefore train 3x longer on 3x the
+# images (1,800 steps x 64 = 115,200 images, 7.7 epochs of 15,000, the same epochs as before), with the base
+# budget's warmup (60 steps) and validation interval. These knobs are in every ViT run's name.
+VIT_REGIME = {"steps": 1800, "train": 1500}
 # DHC x4's step time over the baseline's at VIT_MAIN_DEPTH in that probe: 0.415 / 0.219 = 1.89.
 VIT_TIME_RATIO = 1.9
 
@@ -135,16 +146,18 @@ def depth_study(task: str = "lm", quick: bool = False) -> Study:
     next, so an interrupted study already holds whole depths. QUICK: L in {1, 2}, width 32.
     """
     if task == "lm":
-        depths, width, lr, budget = DEPTHS, LM_WIDTH, LM_LR, LM_BUDGET
+        depths, width, lr, budget, regime = DEPTHS, LM_WIDTH, LM_LR, LM_BUDGET, {}
     else:
-        depths, width, lr, budget = VIT_DEPTHS, VIT_WIDTH, VIT_LR, VIT_BUDGET
+        depths, width, lr, budget, regime = VIT_DEPTHS, VIT_WIDTH, VIT_LR, VIT_BUDGET, VIT_REGIME
     seeds = (0, 1, 2)
     if quick:
-        depths, width, seeds, budget = (1, 2), 32, (0, 1), QUICK_BUDGET[task]
-    runs = tuple(run(task, v, s, L=L, d=width, lr=lr) for L in depths for s in seeds for v in ("residual", "dhc4"))
+        depths, width, seeds, budget, regime = (1, 2), 32, (0, 1), QUICK_BUDGET[task], {}
+    runs = tuple(run(task, v, s, L=L, d=width, lr=lr, **regime)
+                 for L in depths for s in seeds for v in ("residual", "dhc4"))
     return Study("depth", task, budget, runs, choice_seeds=seeds,
                  about="paired Δ (DHC x4 − residual) of the final validation loss against depth at width "
-                       f"{width}, equal {'tokens' if task == 'lm' else 'images'}", base_knobs={"d": width, "lr": lr})
+                       f"{width}, equal {'tokens' if task == 'lm' else 'images'}",
+                 base_knobs={"d": width, "lr": lr, **regime})
 
 
 # The depth the LM main grid and its controls run at, chosen from the depth study on seeds 0-2 (results/lm/depth).
@@ -160,8 +173,25 @@ LM_MAIN_LR = 2 * LM_LR
 LM_TIME_RATIO = 1.8
 
 
-def wall_clock_steps(budget: Budget, ratio: float) -> int:
-    return budget.val_every * round(budget.steps * ratio / budget.val_every)
+def wall_clock_steps(budget: Budget, ratio: float, steps: int | None = None) -> int:
+    """`steps` (default: the budget's) times `ratio`, rounded to a whole validation interval."""
+    return budget.val_every * round((steps or budget.steps) * ratio / budget.val_every)
+
+
+def confound_controls(task: str, seeds: tuple[int, ...], base: dict) -> tuple[list[Run], tuple]:
+    """The parameter and output-init controls at the settings `base`, and the comparisons that read them: the
+    baseline one block deeper (more parameters than DHC x4 adds), the baseline with DHC x4's halved output init,
+    DHC x4 without it."""
+    L = base["L"]
+    runs = [run(task, "residual", s, **(base | {"L": L + 1})) for s in seeds]
+    runs += [run(task, v, s, **base) for s in seeds for v in ("residual-init-0.5", "dhc4-init-none")]
+    comparisons = (
+        ("residual-init-0.5", "residual", "output init: the baseline with DHC x4's halved output-projection init"),
+        ("dhc4-init-none", "dhc4", "output init: DHC x4 without the halved init"),
+        (f"residual-L{L + 1}", "residual", "parameters: the baseline one block deeper"),
+        ("dhc4", f"residual-L{L + 1}", "parameters: DHC x4 against the deeper baseline (more parameters than DHC x4)"),
+    )
+    return runs, comparisons
 
 
 def controls_study(task: str = "lm", quick: bool = False) -> Study:
@@ -177,23 +207,17 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
 
     The cost control (the baseline given DHC x4's wall-clock time) is part of the main grid, at its LR.
     """
-    main_depth, width, lr, budget, factors = ((LM_MAIN_DEPTH, LM_WIDTH, LM_LR, LM_BUDGET, (0.5, 2.0, 4.0)) if task == "lm"
-                                              else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (2.0, 0.5)))
+    main_depth, width, lr, budget, factors, regime = (
+        (LM_MAIN_DEPTH, LM_WIDTH, LM_LR, LM_BUDGET, (0.5, 2.0, 4.0), {}) if task == "lm"
+        else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (2.0, 0.5), VIT_REGIME))
     L, seeds = (main_depth, (0, 1, 2))
     if quick:
-        L, width, seeds, budget = 2, 32, (0, 1), QUICK_BUDGET[task]
-    base = dict(L=L, d=width, lr=lr)
+        L, width, seeds, budget, regime = 2, 32, (0, 1), QUICK_BUDGET[task], {}
+    base = dict(L=L, d=width, lr=lr, **regime)
     runs = [run(task, v, s, **base) for s in seeds for v in ("residual", "dhc4")]
     runs += [run(task, v, s, **(base | {"lr": lr * f})) for f in factors for s in seeds[:2] for v in ("residual", "dhc4")]
-    runs += [run(task, "residual", s, **(base | {"L": L + 1})) for s in seeds]
-    runs += [run(task, v, s, **base) for s in seeds for v in ("residual-init-0.5", "dhc4-init-none")]
-    comparisons = (
-        ("residual-init-0.5", "residual", "output init: the baseline with DHC x4's halved output-projection init"),
-        ("dhc4-init-none", "dhc4", "output init: DHC x4 without the halved init"),
-        (f"residual-L{L + 1}", "residual", "parameters: the baseline one block deeper"),
-        ("dhc4", f"residual-L{L + 1}", "parameters: DHC x4 against the deeper baseline (more parameters than DHC x4)"),
-    )
-    return Study("controls", task, budget, tuple(runs), choice_seeds=seeds,
+    confounds, comparisons = confound_controls(task, seeds, base)
+    return Study("controls", task, budget, tuple(runs + confounds), choice_seeds=seeds,
                  about=f"controls at depth {L}, width {width}: learning rate, output init, parameters",
                  base_knobs=base, comparisons=comparisons)
 
@@ -217,30 +241,37 @@ def scaled_study(task: str, scale: str, seeds: int | None = None) -> Study:
 
 def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Study:
     """The baseline-vs-HC grid of a task: every variant, paired by seed, in the regime its depth study chose (LM:
-    LM_MAIN_DEPTH at LM_MAIN_LR; ViT: VIT_MAIN_DEPTH at VIT_LR), plus the cost control on the choice seeds: the
-    baseline trained for DHC x4's wall-clock time (`residual-steps1100`)."""
+    LM_MAIN_DEPTH at LM_MAIN_LR; ViT: VIT_MAIN_DEPTH at VIT_LR in VIT_REGIME), plus controls on the choice seeds
+    at the grid's own settings: cost (the baseline trained for DHC x4's wall-clock time, `residual-steps1100` for
+    the LM), parameters and output init (`confound_controls`)."""
     if task == "lm":
         knobs, budget, ratio = {"L": LM_MAIN_DEPTH, "d": LM_WIDTH, "lr": LM_MAIN_LR}, LM_BUDGET, LM_TIME_RATIO
     else:
-        knobs, budget, ratio = {"L": VIT_MAIN_DEPTH, "d": VIT_WIDTH, "lr": VIT_LR}, VIT_BUDGET, VIT_TIME_RATIO
+        knobs = {"L": VIT_MAIN_DEPTH, "d": VIT_WIDTH, "lr": VIT_LR, **VIT_REGIME}
+        budget, ratio = VIT_BUDGET, VIT_TIME_RATIO
     grid, choice, confirm = MAIN_SEEDS, CHOICE_SEEDS, CONFIRM_SEEDS
     if quick:  # a test-sized smoke: the same variants, at most 2 seeds
         knobs, budget = {"L": 1, "d": 32}, QUICK_BUDGET[task]
         grid, choice, confirm = {v: min(n, 2) for v, n in grid.items()}, (0,), (1,)
     counts = {v: max(n, seeds or 0) for v, n in grid.items()}
-    longer = wall_clock_steps(budget, ratio)
+    steps = knobs.get("steps", budget.steps)
+    longer = wall_clock_steps(budget, ratio, steps)
     # Order: the baseline, the headline variant (DHC x4) and the cost control, seed by seed, so an interrupted grid
-    # already holds the paired comparison with its confirmation seeds; then every other variant, seed by seed.
+    # already holds the paired comparison with its confirmation seeds.
     runs = []
     headline = [v for v in ("residual", "dhc4") if v in counts]
     for s in range(max(counts.values())):
         runs += [run(task, v, s, **knobs) for v in headline if s < counts[v]]
         if s in choice:
-            runs.append(run(task, "residual", s, **knobs, steps=longer))
+            runs.append(run(task, "residual", s, **(knobs | {"steps": longer})))
+    # Then the confound controls at the grid's own settings (its LR can differ from the controls study's), on the
+    # choice seeds; then every other variant, seed by seed.
+    confounds, controls = confound_controls(task, choice, knobs)
+    runs += confounds
     for s in range(max(counts.values())):
         runs += [run(task, v, s, **knobs) for v, n in counts.items() if v not in headline and s < n]
-    comparisons = (("dhc4", f"residual-steps{longer}", f"equal wall-clock: DHC x4 ({budget.steps} steps) against the "
-                    f"baseline given {ratio:g}x the steps"),)
+    comparisons = (("dhc4", f"residual-steps{longer}", f"equal wall-clock: DHC x4 ({steps} steps) against the "
+                    f"baseline given {ratio:g}x the steps"), *controls)
     return Study("main", task, budget, tuple(runs), choice_seeds=choice, confirm_seeds=confirm,
                  about="every residual variant against the baseline, paired by seed", base_knobs=knobs,
                  comparisons=comparisons)

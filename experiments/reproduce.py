@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="results root (default: results; runs/quick for --quick; results/paper for --scale paper)")
     parser.add_argument("--data", default=None, help="data path for --scale mid/paper (shards folder or ImageNet root)")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (then summarize)")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+                        help="run only these variants of the study (e.g. the baseline first); the tables cover all")
     parser.add_argument("--allow-mixed-code", action="store_true",
                         help="let a table combine runs made by different code versions (they are marked)")
     a = parser.parse_args(argv)
@@ -186,6 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as e:
         parser.error(str(e))
     runs = list(dict.fromkeys(r for study in chosen for r in study.runs))
+    if a.variants:
+        unknown = sorted(set(a.variants) - {r.variant for r in runs})
+        if unknown:
+            parser.error(f"--variants {' '.join(unknown)}: not in the {a.study} study; it has "
+                         f"{' '.join(dict.fromkeys(r.variant for r in runs))}")
+        runs = [r for r in runs if r.variant in a.variants]
     origin = provenance()
     plan = []
     for r in runs:

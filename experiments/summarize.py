@@ -412,12 +412,14 @@ def depth_markdown(study: Study, rows: list[dict], command: str, provenance: lis
             f"{_signed_pm(r['delta'], r['delta_std']) if 'delta' in r else '—'} | "
             f"{_ci(r)} | {_wins(r)} | {top1}{_fmt(r.get('step_time_ratio'), 2)} |")
     b, k = study.budget, study.base_knobs
+    steps = k.get("steps", b.steps)  # a study's base knobs can lengthen its budget (the warmup stays the budget's)
     warmup = f"warmup {max(1, b.steps // 10)} steps then cosine to {0.05 if vit else 0.1:g}x"
-    regime = (f"ViT on the generated shapes (10 classes, 32 px, 5,000 training and 3,000 validation images), patch 4, "
-              f"width {k.get('d')}, 4 heads, MLP ratio 2, {b.steps} steps x {b.batch_size} images = "
-              f"{b.units():,} images per run, AdamW lr {k.get('lr'):g}, {warmup}" if vit else
+    regime = (f"ViT on the generated shapes (10 classes, 32 px, {10 * k.get('train', 500):,} training and 3,000 "
+              f"validation images), patch 4, width {k.get('d')}, 4 heads, MLP ratio 2, {steps:,} steps x "
+              f"{b.batch_size} images = {steps * b.batch_size:,} images per run, AdamW lr {k.get('lr'):g}, {warmup}"
+              if vit else
               f"Byte-level GPT on the Python standard library, width {k.get('d')}, 4 heads, context 128, "
-              f"{b.steps} steps x {b.batch_size} windows = {b.units(128):,} tokens per run, AdamW lr "
+              f"{steps:,} steps x {b.batch_size} windows = {steps * b.batch_size * 128:,} tokens per run, AdamW lr "
               f"{k.get('lr'):g}, {warmup}")
     return "\n".join([
         f"# {TASK_NAME[study.task]} depth study: {study.about}", "",

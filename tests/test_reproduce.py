@@ -37,9 +37,11 @@ def test_quick_grid_writes_tables_and_plots_equal_to_the_events(tmp_path):
         for name in ("summary.csv", "summary.md", "val_curves.png", "gains.png", "connections_dhc4.png"):
             assert (out / name).stat().st_size > 0, name
         rows = _csv(out / "summary.csv")
-        label = lambda r: r.variant + (f"-steps{r.knob('steps')}" if r.knob("steps") else "")  # noqa: E731
+        # a row per variant, and per control: the knobs where a run differs from the grid's (L 1, width 32)
+        label = lambda r: "-".join([r.variant, *(f"{k}{v:g}" for k, v in r.knobs if (k, v) not in  # noqa: E731
+                                                 (("L", 1), ("d", 32)))])
         assert set(rows) == {label(r) for r in grid_runs(task)} and list(rows)[0] == "residual"
-        assert set(MAIN_SEEDS) < set(rows)  # + the cost control
+        assert set(rows) - set(MAIN_SEEDS) == {"residual-steps8", "residual-L2", "residual-init-0.5", "dhc4-init-none"}
         assert not list(out.glob(".*.tmp*"))  # nothing half-written left behind
         for variant, row in rows.items():
             seeds = [r for r in grid_runs(task) if label(r) == variant]
@@ -81,7 +83,7 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
 
     study = main_study("lm")
     assert study.choice_seeds == (0, 1, 2) and study.confirm_seeds == (3, 4, 5)
-    grid = [r for r in study.runs if r.knob("steps") is None]
+    grid = [r for r in study.runs if r.knob("steps") is None and r.knob("L") == 16 and r.variant in MAIN_SEEDS]
     seeds = {v: sorted(r.seed for r in grid if r.variant == v) for v in MAIN_SEEDS}
     assert seeds["residual"] == seeds["dhc4"] == [0, 1, 2, 3, 4, 5]  # >= 5 seeds, paired
     assert all(seeds[v] == [0, 1] for v in MAIN_SEEDS if v not in ("residual", "dhc4"))
@@ -94,13 +96,19 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
     steps = longer[0].knob("steps")
     assert steps % study.budget.val_every == 0 and 1.7 < steps / study.budget.steps < 1.9
     assert study.comparisons[0][:2] == ("dhc4", f"residual-steps{steps}")
+    # the confound controls at the grid's LR (6e-3), which the controls study ran at 3e-3
+    confounds = {r.name for r in study.runs} - {r.name for r in grid + longer}
+    assert confounds == {f"{v}-d64-lr0.006-s{s}" for s in (0, 1, 2)
+                         for v in ("residual-L17", "residual-init-0.5-L16", "dhc4-init-none-L16")}
+    assert [c[:2] for c in study.comparisons[1:]] == [("residual-init-0.5", "residual"), ("dhc4-init-none", "dhc4"),
+                                                      ("residual-L17", "residual"), ("dhc4", "residual-L17")]
 
 
 def test_seeds_raise_every_variant():
-    for task in ("lm", "vit"):  # QUICK: at most 2 seeds, + the cost control on choice seed 0
-        assert len(grid_runs(task)) == 2 * len(MAIN_SEEDS) + 1
+    for task in ("lm", "vit"):  # QUICK: at most 2 seeds, + the cost, parameter and 2 init controls on choice seed 0
+        assert len(grid_runs(task)) == 2 * len(MAIN_SEEDS) + 4
     runs = grid_runs("vit", seeds=3)
-    assert len(runs) == 3 * len(MAIN_SEEDS) + 1
+    assert len(runs) == 3 * len(MAIN_SEEDS) + 4
     assert [r.name for r in runs[:2]] == ["residual-L1-d32-s0", "dhc4-L1-d32-s0"]  # the headline pair first
 
 
@@ -108,6 +116,32 @@ def test_run_names_spell_every_setting():
     assert run("lm", "dhc4", 2, lr=3e-3, L=16, d=64).name == "dhc4-L16-d64-lr0.003-s2"  # knobs in a fixed order
     with pytest.raises(ValueError, match="unknown knobs"):
         run("lm", "dhc4", 0, depth=16)
+    with pytest.raises(ValueError, match=r"knobs \['train'\] do not apply to the lm task"):
+        run("lm", "dhc4", 0, train=1500)
+
+
+def test_vit_studies_share_one_regime_named_in_every_run():
+    from experiments.grids import VIT_REGIME, controls_study
+
+    studies = [depth_study("vit"), controls_study("vit"), main_study("vit")]
+    for study in studies:
+        for r in study.runs:  # the dataset size and the length are in every name, so no folder of the
+            assert r.knob("train") == VIT_REGIME["train"]  # 600-step regime can be reused by mistake
+            assert f"train{VIT_REGIME['train']}" in r.name and "-steps" in r.name
+    main = main_study("vit")
+    longer = {r.knob("steps") for r in main.runs} - {VIT_REGIME["steps"]}
+    assert longer == {3400}  # the cost control: 1.9 x 1,800 steps, rounded to the 100-step validation interval
+    assert main.comparisons[0][:2] == ("dhc4", "residual-steps3400")
+    assert "(1800 steps)" in main.comparisons[0][2]
+
+
+def test_runner_runs_only_the_variants_asked_for(tmp_path, capsys):
+    reproduce(["--quick", "--task", "lm", "--results", str(tmp_path), "--variants", "residual", "--max-runs", "1"])
+    assert [p.parent.name for p in tmp_path.glob("lm/runs/*/done.json")] == ["residual-L1-d32-s0"]
+    with pytest.raises(SystemExit):
+        reproduce(["--quick", "--task", "lm", "--results", str(tmp_path), "--variants", "dhc5"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: --variants dhc5: not in the main study; it has residual dhc4" in err
 
 
 def test_controls_pair_with_the_baseline_at_the_main_depth():
