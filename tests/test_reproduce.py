@@ -363,3 +363,18 @@ def test_vit_tables_pair_the_loss_and_top1():
     (r,) = depth_rows(depth, runs)
     assert (r["depth"], r["n"], r["wins"], r["top1_wins"]) == (12, 2, 1, 2)
     assert r["top1_delta"] == pytest.approx(1.5) and r["residual_top1"] == pytest.approx(55.0)
+
+
+def test_depth_table_describes_the_regime_its_knobs_set():
+    """A study whose base knobs lengthen the budget and grow the dataset says so in its table's setup line."""
+    from experiments.grids import VIT_BUDGET, Budget, Study
+    from experiments.summarize import depth_markdown
+
+    vit = Study("depth", "vit", VIT_BUDGET, (), (0, 1, 2), about="a",
+                base_knobs={"d": 64, "lr": 2e-3, "steps": 1800, "train": 1500})
+    text = depth_markdown(vit, [], "cmd", [])
+    assert ("15,000 training and 3,000 validation images" in text
+            and "1,800 steps x 64 images = 115,200 images per run" in text and "warmup 60 steps" in text)
+    lm = Study("depth", "lm", Budget(steps=600, batch_size=16, val_every=100), (), (0,), about="a",
+               base_knobs={"d": 64, "lr": 3e-3})
+    assert "600 steps x 16 windows = 1,228,800 tokens per run" in depth_markdown(lm, [], "cmd", [])
