@@ -118,8 +118,9 @@ def prepare_main(argv: list[str]) -> None:
         prog="lit-hc prepare", description="Tokenize documents (text folders, .jsonl(.gz), .parquet, a saved Hugging "
         "Face dataset) into nanoGPT-style train.bin / val.bin shards for TextDataModule(source=OUT). Resumable: run "
         "the same command again after an interruption.")
-    parser.add_argument("--source", default="stdlib", help="'stdlib', a folder or file of text / .jsonl(.gz) / "
-                        ".parquet, or a folder written by datasets' save_to_disk")
+    parser.add_argument("--source", default="stdlib", help="'stdlib', a folder or file of text / .jsonl(.gz/.zst) / "
+                        ".parquet, a folder written by datasets' save_to_disk, or a Hugging Face dataset name "
+                        "(owner/name[/folder]) already in the local hub cache")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--tokenizer", default="byte", help="'byte', 'gpt2' (tiktoken), or a Hugging Face tokenizer: "
                         "a tokenizer.json, a folder with one, or a name in the local Hugging Face cache")

@@ -159,6 +159,32 @@ def test_hugging_face_dataset_saved_to_disk(tmp_path):
         prepare_shards(str(folder), str(tmp_path / "out2"), "byte", text_field="body")
 
 
+def test_hugging_face_dataset_name_from_the_local_hub_cache(tmp_path, monkeypatch):
+    """`--source owner/name[/folder]` reads the dataset's snapshot in the hub cache (the layout `huggingface-cli
+    download` leaves: refs/main -> snapshots/<commit>/...), never the network; a name not there is one line."""
+    pytest.importorskip("huggingface_hub")
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    repo = cache / "datasets--acme--tiny-corpus"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    _, ids = _jsonl_corpus(repo / "snapshots" / commit / "sample" / "1k")
+    (repo / "snapshots" / commit / "README.md").write_text("a dataset card, not a document\n")
+    for source in ("acme/tiny-corpus", "acme/tiny-corpus/sample/1k"):
+        out = tmp_path / source.replace("/", "_")
+        meta = prepare_shards(source, str(out), "byte", val_fraction=0.4)
+        base = "sample/1k/" if source == "acme/tiny-corpus" else ""  # ids are relative to the folder read
+        for split, want_val in (("train", False), ("val", True)):
+            expected = _expected_bytes(zip(DOCS, [base + i for i in ids]), 0.4, want_val)
+            assert (out / f"{split}.bin").read_bytes() == expected
+        assert meta["documents"] == 6
+    for missing in ("acme/other-corpus", "acme/tiny-corpus/no/such/folder"):
+        with pytest.raises(FileNotFoundError, match=f"not in the local hub cache \\({cache}\\).*huggingface-cli "
+                                                    "download --repo-type dataset acme/"):
+            prepare.resolve_source(missing)
+
+
 def test_zstandard_jsonl(tmp_path):
     zstandard = pytest.importorskip("zstandard")
 

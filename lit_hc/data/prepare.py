@@ -4,8 +4,10 @@
     lit-hc prepare --source /corpora/fineweb-edu/ --out data/fwe --tokenizer /models/olmo-1b  # parquet / jsonl
 
 Sources: 'stdlib', a folder of .txt/.py/.md files (one document per file), .jsonl / .jsonl.gz files or folders of
-them (one document per line, its `text_field`; .jsonl.zst needs zstandard), .parquet files or folders of them (needs pyarrow), and a Hugging
-Face dataset saved with `save_to_disk` (needs `datasets`). Tokenizers: 'byte', 'gpt2' (tiktoken), or a Hugging Face
+them (one document per line, its `text_field`; .jsonl.zst needs zstandard), .parquet files or folders of them (needs
+pyarrow), a Hugging Face dataset saved with `save_to_disk` (needs `datasets`), and a Hugging Face dataset name
+(`owner/name`, or `owner/name/folder` for a subset) whose files are in the local hub cache (e.g. fetched with
+`huggingface-cli download --repo-type dataset owner/name` on a machine with network access). Tokenizers: 'byte', 'gpt2' (tiktoken), or a Hugging Face
 tokenizer from a local folder or tokenizer.json (`tokenizers`, installed with the `hf` extra); its end-of-text token
 separates documents. Nothing is downloaded.
 
@@ -22,6 +24,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import time
@@ -132,13 +135,47 @@ def _field(record: dict, text_field: str, where, n: int) -> str:
     return record[text_field] or ""
 
 
+def hub_cache() -> Path:
+    """The Hugging Face hub cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub), read at call
+    time so that a changed environment applies."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    return Path(os.environ.get("HF_HOME", "~/.cache/huggingface")).expanduser() / "hub"
+
+
+def cached_hub_dataset(name: str) -> Path | None:
+    """The local snapshot of Hugging Face dataset `owner/name[/path inside it]` in the hub cache (what
+    `huggingface-cli download --repo-type dataset owner/name` or `snapshot_download` leave there), or None.
+    Never downloads: `local_files_only`. The snapshot's parquet or jsonl files are then read like any folder."""
+    parts = name.split("/")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # huggingface_hub comes with timm; without it there is no cache to look in
+        return None
+    try:
+        snapshot = Path(snapshot_download("/".join(parts[:2]), repo_type="dataset", cache_dir=hub_cache(),
+                                          local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError):  # not cached; or not a valid repository id
+        return None
+    inside = snapshot.joinpath(*parts[2:])
+    return inside if inside.exists() else None
+
+
 def resolve_source(source: str) -> Path:
+    """A source argument as a local path: 'stdlib', an existing file or folder, or a Hugging Face dataset name
+    (`owner/name`, optionally `/a/folder/inside`) found in the local hub cache."""
     root = stdlib_root() if source == "stdlib" else Path(source).expanduser()
     if root.exists():
         return root
-    hint = ("it looks like a Hugging Face dataset name; nothing is downloaded here: fetch it on a machine with "
-            f"network access with datasets.load_dataset({source!r}).save_to_disk(DIR), copy DIR here and pass it"
-            if "/" in source and not source.startswith((".", "/", "~")) else "pass an existing file or folder")
+    hub_name = source.count("/") >= 1 and not source.startswith((".", "/", "~"))
+    if hub_name and (cached := cached_hub_dataset(source)) is not None:
+        return cached
+    hint = ("it looks like a Hugging Face dataset name, and it is not in the local hub cache "
+            f"({hub_cache()}); nothing is downloaded here: on a machine with network access run "
+            f"`huggingface-cli download --repo-type dataset {'/'.join(source.split('/')[:2])}` (copy its cache "
+            "folder here or set HF_HUB_CACHE), or datasets.load_dataset(...).save_to_disk(DIR) and pass DIR"
+            if hub_name else "pass an existing file or folder")
     raise FileNotFoundError(f"text source {source!r} does not exist: {hint}")
 
 
