@@ -434,12 +434,13 @@ def depth_markdown(study: Study, rows: list[dict], command: str, provenance: lis
 def depth_figure(rows: list[dict], task: str = "lm") -> Figure:
     fig = Figure(figsize=(9, 3.8), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
-    done = [r for r in rows if "delta" in r]
-    depths = [r["depth"] for r in done]
+    done = [r for r in rows if "delta" in r]  # depths with both arms; a study part-way has fewer than `rows`
+    depths = [r["depth"] for r in rows]
     means = [r["delta"] for r in done]
     lo = [r["delta"] - r["ci_lo"] if r.get("ci_lo") is not None else 0 for r in done]
     hi = [r["ci_hi"] - r["delta"] if r.get("ci_hi") is not None else 0 for r in done]
-    ax.errorbar(depths, means, yerr=[lo, hi], marker="o", capsize=4, color="C1", label="mean, 95% t-interval")
+    ax.errorbar([r["depth"] for r in done], means, yerr=[lo, hi], marker="o", capsize=4, color="C1",
+                label="mean, 95% t-interval")
     for r in done:
         ax.scatter([r["depth"]] * r["n"], json.loads(r["diffs"]), s=10, color="gray", zorder=3)
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
@@ -450,12 +451,13 @@ def depth_figure(rows: list[dict], task: str = "lm") -> Figure:
         if pts:
             d, m, sd = zip(*pts)
             ax2.errorbar(d, m, yerr=sd, marker="o", capsize=3, color=color, label="DHC x4" if name == "dhc4" else name)
-    _depth_axis(ax2, depths, "final val loss (mean ± std)", "Both arms, equal tokens")
+    _depth_axis(ax2, depths, "final val loss (mean ± std)", f"Both arms, equal {'tokens' if task == 'lm' else 'images'}")
     return fig
 
 
 def _depth_axis(ax, depths: list[int], ylabel: str, title: str) -> None:
     ax.set_xscale("log", base=2)
+    ax.set_xlim(min(depths) / 1.25, max(depths) * 1.25)  # also when an axis has no points yet (a study part-way)
     ax.set_xticks(depths, [str(d) for d in depths])
     ax.set_xlabel("depth L (blocks)")
     ax.set_ylabel(ylabel)

@@ -378,3 +378,12 @@ def test_depth_table_describes_the_regime_its_knobs_set():
     lm = Study("depth", "lm", Budget(steps=600, batch_size=16, val_every=100), (), (0,), about="a",
                base_knobs={"d": 64, "lr": 3e-3})
     assert "600 steps x 16 windows = 1,228,800 tokens per run" in depth_markdown(lm, [], "cmd", [])
+
+
+def test_depth_figure_of_a_study_part_way():
+    """Only the baseline finished (the runner summarizes after every --max-runs batch): the figure still draws."""
+    from experiments.summarize import _png, depth_figure
+
+    rows = [{"depth": 12, "residual_loss": 0.48, "residual_std": 0.01}, {"depth": 4, "residual_loss": 0.6,
+                                                                       "residual_std": None}]
+    assert _png(depth_figure(rows, "vit")).startswith(b"\x89PNG")
