@@ -137,6 +137,27 @@ class HCConfig:
         return module
 
 
+def _backward_under_forward_autocast(function: type[torch.autograd.Function]) -> type[torch.autograd.Function]:
+    """Run the Function's backward under the autocast state its forward ran under (bf16-mixed training), so its
+    matmuls see the operand dtypes autocast gave the forward's. What torch.amp.custom_fwd/custom_bwd do, except
+    that those fix one device type when decorating, and these Functions serve CPU and GPU."""
+    forward, backward = function.forward, function.backward
+
+    def forward_recording_autocast(ctx, *args):
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        ctx.autocast = device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        return forward(ctx, *args)
+
+    def backward_under_autocast(ctx, *grads):
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return backward(ctx, *grads)
+
+    function.forward, function.backward = staticmethod(forward_recording_autocast), staticmethod(backward_under_autocast)
+    return function
+
+
+@_backward_under_forward_autocast
 class _StreamMix(torch.autograd.Function):
     """mix = alpha^T H per token, returned as (branch input x, residual R); see stream_mix."""
 
@@ -164,6 +185,7 @@ class _StreamMix(torch.autograd.Function):
         return grad_H, grad_alpha
 
 
+@_backward_under_forward_autocast
 class _StreamAdd(torch.autograd.Function):
     """H'[j] = R[j] + beta[j] * y in one pass (addcmul); see stream_add."""
 
@@ -182,6 +204,74 @@ class _StreamAdd(torch.autograd.Function):
         if ctx.needs_input_grad[2]:  # <grad_j, y>: (..., n, d) @ (..., d, 1)
             grad_beta = torch.matmul(grad, y.unsqueeze(-1)).squeeze(-1).sum_to_size(beta.shape)
         return grad_y, grad.sum_to_size(ctx.R_shape) if ctx.needs_input_grad[1] else None, grad_beta
+
+
+@_backward_under_forward_autocast
+class _DynamicWidth(torch.autograd.Function):
+    """DHC's whole width connection in one pass over H (Zhu et al. 2025, dynamic hyper-connections):
+    z = LayerNorm(H) @ W, p = tanh(z), alpha = A + s_a p[:n+1], beta = B + s_b p[n+1], [x; R] = alpha^T H.
+
+    LayerNorm(H) @ W is computed as rstd * (H @ (g*W) - mean * colsum(g*W)) + b @ W: the (..., n, d) normalised copy
+    of H is never written nor kept for backward (the reordering the mHC paper makes for its RMSNorm, applied to
+    LayerNorm's mean and gain). Backward writes the gradient of H once: the mix's part, then the norm's part
+    (LayerNorm's own backward kernel on the projection's gradient) added into it. Saves H, the per-row statistics
+    and the (..., n, n+2) coefficients, no H-sized intermediate.
+    """
+
+    @staticmethod
+    def forward(ctx, H, weight, bias, W, static_alpha, static_beta, alpha_scale, beta_scale, use_tanh: bool, eps: float):
+        n = H.shape[-2]
+        var, mean = torch.var_mean(H, dim=-1, correction=0, keepdim=True)  # (..., n, 1)
+        rstd = torch.rsqrt(var + eps)
+        Wg = W if weight is None else weight.unsqueeze(1) * W  # (d, n+2)
+        z = (torch.matmul(H, Wg) - mean * Wg.sum(0)) * rstd  # (..., n, n+2)
+        if bias is not None:
+            z = z + bias @ W
+        p = torch.tanh(z) if use_tanh else z
+        alpha = torch.addcmul(static_alpha, alpha_scale, p[..., : n + 1])
+        beta = torch.addcmul(static_beta, beta_scale, p[..., n + 1])
+        mix = torch.matmul(alpha.transpose(-1, -2), H)  # (..., n+1, d)
+        ctx.save_for_backward(H, mean, rstd, p, alpha, W, Wg, weight, bias, alpha_scale, beta_scale)
+        ctx.use_tanh = use_tanh
+        x = mix.new_empty(mix.shape[:-2] + mix.shape[-1:]).copy_(mix[..., 0, :])  # own storage: see _StreamMix
+        return x, mix[..., 1:, :], beta
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_R, grad_beta):
+        H, mean, rstd, p, alpha, W, Wg, weight, bias, alpha_scale, beta_scale = ctx.saved_tensors
+        n, d = H.shape[-2:]
+        grad_mix = H.new_empty(*H.shape[:-2], n + 1, d)
+        grad_mix[..., 0, :] = 0 if grad_x is None else grad_x
+        grad_mix[..., 1:, :] = 0 if grad_R is None else grad_R
+        grad_H = torch.matmul(alpha, grad_mix)  # the mix's part, (..., n, d)
+        grad_alpha = torch.matmul(H, grad_mix.transpose(-1, -2))  # (..., n, n+1)
+        if grad_beta is None:
+            grad_beta = torch.zeros_like(p[..., n + 1])
+        grad_p = torch.cat([grad_alpha * alpha_scale, (grad_beta * beta_scale).unsqueeze(-1)], -1)
+        grad_z = grad_p * (1 - p * p) if ctx.use_tanh else grad_p  # (..., n, n+2)
+        rows = grad_z.reshape(-1, n + 2)
+        # z = rstd * (H @ Wg) - rstd * mean * colsum(Wg) + bias @ W
+        scaled = (grad_z * rstd).reshape(-1, n + 2)
+        grad_Wg = H.reshape(-1, d).T @ scaled - (mean.reshape(-1, 1) * scaled).sum(0)  # (d, n+2)
+        grad_sum = rows.sum(0)  # (n+2,)
+        grad_W = grad_Wg if weight is None else grad_Wg * weight.unsqueeze(1)
+        grad_weight = grad_bias = None
+        if bias is not None:
+            grad_W = grad_W + torch.outer(bias, grad_sum)
+            grad_bias = W @ grad_sum
+        if weight is not None:
+            grad_weight = (grad_Wg * W).sum(1)
+        # The norm's part: LayerNorm's backward (without gain: it is folded into Wg) of the gradient z sends to the
+        # normalised rows, added into the mix's part.
+        norm_grad = torch.ops.aten.native_layer_norm_backward(  # not autocast: its operands share H's dtype
+            torch.matmul(grad_z, Wg.T).to(H.dtype), H, [d], mean, rstd, None, None, [True, False, False])[0]
+        grad_H.add_(norm_grad)
+        grad_static_alpha = grad_alpha.reshape(-1, n, n + 1).sum(0)
+        grad_static_beta = grad_beta.reshape(-1, n).sum(0)
+        grad_alpha_scale = (grad_alpha * p[..., : n + 1]).sum().reshape(1)
+        grad_beta_scale = (grad_beta * p[..., n + 1]).sum().reshape(1)
+        return (grad_H, grad_weight, grad_bias, grad_W, grad_static_alpha, grad_static_beta, grad_alpha_scale,
+                grad_beta_scale, None, None)
 
 
 def _per_token(coefficients: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -321,6 +411,12 @@ class HyperConnection(StreamConnection):
         return alpha, beta
 
     def width_connection(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.dynamic and type(self.norm) is nn.LayerNorm and not torch.compiler.is_compiling():
+            # Eager DHC with LayerNorm: one Function (_DynamicWidth); compiled or another norm: the plain ops below.
+            W = torch.cat([self.dynamic_alpha_fn, self.dynamic_beta_fn.unsqueeze(1)], 1)
+            return _DynamicWidth.apply(H, self.norm.weight, self.norm.bias, W, self.static_alpha, self.static_beta,
+                                       self.dynamic_alpha_scale, self.dynamic_beta_scale,
+                                       isinstance(self.act, nn.Tanh), self.norm.eps)
         alpha, beta = self.coefficients(H)
         x, R = stream_mix(H, alpha)  # (n+1, n) @ (..., n, d) -> (..., n+1, d) = [x; R]
         return x, R, beta

@@ -282,3 +282,50 @@ def test_recompute_gives_the_same_values_and_keeps_less(name):
     for a, b in zip(grads[1][1], grads[0][1]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     assert saved_activation_bytes(models[1], idx) < 0.8 * saved_activation_bytes(models[0], idx)
+
+
+@pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, False)],
+                         ids=["layernorm", "layernorm-nobias", "olmo-nonparametric"])
+def test_fused_dhc_width_connection_equals_the_plain_ops(affine, bias):
+    """Eager DHC with a LayerNorm runs its width connection as one Function that folds the norm into the
+    projection; it equals the plain ops (norm, projection, tanh, mix: the form torch.compile traces and other norms
+    use), forward and gradients, for every LayerNorm the models build."""
+    from functools import partial
+
+    norm_layer = partial(torch.nn.LayerNorm, elementwise_affine=affine, bias=bias)
+    for use_tanh in (True, False):
+        m = HyperConnection(D, N, layer_idx=2, use_tanh=use_tanh, norm_layer=norm_layer).double()
+        _randomize(m)
+        H = torch.randn(2, 5, N, D, dtype=torch.float64, requires_grad=True)
+        fused = m.width_connection(H)
+        assert type(fused[1].grad_fn).__name__ == "_DynamicWidthBackward"  # the fused path ran
+        plain = _compiled_form(m.width_connection)(H)
+        weights = [torch.randn_like(o) for o in fused]
+        inputs = [H, *(p for p in m.parameters() if p.requires_grad)]
+        grads = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, fused)), inputs)
+        expected = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, plain)), inputs)
+        for a, b in zip((*fused, *grads), (*plain, *expected)):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["residual", "shc4", "dhc4", "dhc4-notanh", "mhc4"])
+def test_block_trains_under_bf16_autocast(name):
+    """bf16-mixed training (the GPU trainer config's precision) runs forward and backward through every variant,
+    and its gradients agree with float32's to bf16 precision: the hand-written backwards run under the autocast
+    state of their forward, so their matmuls never meet a float32 and a bfloat16 operand."""
+    from lit_hc import HCConfig
+    from lit_hc.layers import Block
+
+    torch.manual_seed(0)
+    block = Block(16, 2, index=1, hc=HCConfig.from_name(name), causal=True, mlp_ratio=2.0)
+    _randomize(block, scale=0.05)
+    H = torch.randn(2, 8, block.hc_attn.expansion_rate, 16, requires_grad=True)
+    params = [H, *block.parameters()]
+    g = torch.randn(H.shape)
+    expected = torch.autograd.grad(block(H), params, g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(H)
+    grads = torch.autograd.grad(out.float(), params, g)
+    for a, b in zip(grads, expected):
+        assert a.dtype == b.dtype and torch.isfinite(a).all()
+        assert F.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
