@@ -50,6 +50,16 @@ def test_lm_fit_learns_and_logs(tmp_path, corpus, variant):
         assert all(abs(v - 1) < 1e-3 for _, v in s["hc/amax_gain_fwd"])
 
 
+def test_lm_fit_in_bf16_mixed_precision(tmp_path, corpus):
+    """bf16-mixed, the GPU trainer config's precision, through the CLI (CPU autocast here): an HC model trains.
+    Before the hand-written backwards ran under their forward's autocast state, the first backward failed."""
+    cli_main(lm_args(tmp_path, corpus, 20, "--config", str(CONFIGS / "hc/dhc4.yaml"), "--trainer.precision",
+                     "bf16-mixed", "--trainer.log_every_n_steps", "1"))
+    losses = [v for _, v in sorted(scalars(run_dir(tmp_path / "lm", "dhc4"))["train/loss"])]
+    assert len(losses) == 20 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
+
+
 @pytest.mark.parametrize("variant", VIT_VARIANTS)
 def test_vit_fit_learns_and_logs(tmp_path, variant):
     toy = write_toy_images(tmp_path / "toy")
