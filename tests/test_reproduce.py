@@ -100,8 +100,12 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
     confounds = {r.name for r in study.runs} - {r.name for r in grid + longer}
     assert confounds == {f"{v}-d64-lr0.006-s{s}" for s in (0, 1, 2)
                          for v in ("residual-L17", "residual-init-0.5-L16", "dhc4-init-none-L16")}
-    assert [c[:2] for c in study.comparisons[1:]] == [("residual-init-0.5", "residual"), ("dhc4-init-none", "dhc4"),
-                                                      ("residual-L17", "residual"), ("dhc4", "residual-L17")]
+    assert [c[:2] for c in study.comparisons[1:5]] == [("residual-init-0.5", "residual"), ("dhc4-init-none", "dhc4"),
+                                                       ("residual-L17", "residual"), ("dhc4", "residual-L17")]
+    # the paper's secondary claims, variant against variant on the seeds both have
+    assert [c[:2] for c in study.comparisons[5:]] == [("dhc2", "dhc1"), ("dhc4", "dhc2"), ("dhc8", "dhc4"),
+                                                      ("dhc4-notanh", "dhc4"), ("shc2", "dhc2"), ("shc4", "dhc4"),
+                                                      ("mhc4", "dhc4")]
 
 
 def test_seeds_raise_every_variant():
