@@ -254,6 +254,11 @@ SECONDARY_CLAIMS = (
 )
 
 
+# mHC x4 at half and twice the grid's LR (chosen for the baseline and DHC x4), on choice seeds 0-1: whether mHC's
+# standing in the grid is its LR's.
+MHC_LR_FACTORS, MHC_LR_SEEDS = (0.5, 2.0), (0, 1)
+
+
 def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Study:
     """The baseline-vs-HC grid of a task: every variant, paired by seed, in the regime its depth study chose (LM:
     LM_MAIN_DEPTH at LM_MAIN_LR; ViT: VIT_MAIN_DEPTH at VIT_LR in VIT_REGIME), plus controls on the choice seeds
@@ -286,6 +291,12 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
     for s in range(max(counts.values())):
         runs += [run(task, v, s, **knobs) for v, n in counts.items() if v not in headline and s < n]
     secondary = tuple(c for c in SECONDARY_CLAIMS if c[0] in counts and c[1] in counts)
+    if "mhc4" in counts and not quick:
+        lrs = [f * knobs["lr"] for f in MHC_LR_FACTORS]
+        runs += [run(task, "mhc4", s, **(knobs | {"lr": lr})) for s in MHC_LR_SEEDS for lr in lrs]
+        secondary += tuple((f"mhc4-lr{lr:g}", ref, f"mHC x4's own LR: at {f:g}x the grid's LR, against {what}")
+                           for f, lr in zip(MHC_LR_FACTORS, lrs)
+                           for ref, what in (("mhc4", "mHC x4 at the grid's"), ("dhc4", "DHC x4")))
     comparisons = (("dhc4", f"residual-steps{longer}", f"equal wall-clock: DHC x4 ({steps} steps) against the "
                     f"baseline given {ratio:g}x the steps"), *controls, *secondary)
     return Study("main", task, budget, tuple(runs), choice_seeds=choice, confirm_seeds=confirm,

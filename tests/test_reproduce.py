@@ -83,7 +83,8 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
 
     study = main_study("lm")
     assert study.choice_seeds == (0, 1, 2) and study.confirm_seeds == (3, 4, 5)
-    grid = [r for r in study.runs if r.knob("steps") is None and r.knob("L") == 16 and r.variant in MAIN_SEEDS]
+    grid = [r for r in study.runs if r.knob("steps") is None and r.knob("L") == 16 and r.knob("lr") == 6e-3
+            and r.variant in MAIN_SEEDS]
     seeds = {v: sorted(r.seed for r in grid if r.variant == v) for v in MAIN_SEEDS}
     assert seeds["residual"] == seeds["dhc4"] == [0, 1, 2, 3, 4, 5]  # >= 5 seeds, paired
     assert all(seeds[v] == [0, 1, 2] for v in MAIN_SEEDS if v not in ("residual", "dhc4"))
@@ -97,7 +98,9 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
     assert steps % study.budget.val_every == 0 and 1.7 < steps / study.budget.steps < 1.9
     assert study.comparisons[0][:2] == ("dhc4", f"residual-steps{steps}")
     # the confound controls at the grid's LR (6e-3), which the controls study ran at 3e-3
-    confounds = {r.name for r in study.runs} - {r.name for r in grid + longer}
+    mhc_lr = {r.name for r in study.runs if r.variant == "mhc4" and r.knob("lr") != 6e-3}
+    assert mhc_lr == {f"mhc4-L16-d64-lr{lr}-s{s}" for s in (0, 1) for lr in ("0.003", "0.012")}
+    confounds = {r.name for r in study.runs} - {r.name for r in grid + longer} - mhc_lr
     assert confounds == {f"{v}-d64-lr0.006-s{s}" for s in (0, 1, 2)
                          for v in ("residual-L17", "residual-init-0.5-L16", "dhc4-init-none-L16")}
     assert [c[:2] for c in study.comparisons[1:5]] == [("residual-init-0.5", "residual"), ("dhc4-init-none", "dhc4"),
@@ -105,7 +108,9 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
     # the paper's secondary claims, variant against variant on the seeds both have
     assert [c[:2] for c in study.comparisons[5:]] == [("dhc2", "dhc1"), ("dhc4", "dhc2"), ("dhc8", "dhc4"),
                                                       ("dhc4-notanh", "dhc4"), ("shc2", "dhc2"), ("shc4", "dhc4"),
-                                                      ("mhc4", "dhc4")]
+                                                      ("mhc4", "dhc4"), ("mhc4-lr0.003", "mhc4"),
+                                                      ("mhc4-lr0.003", "dhc4"), ("mhc4-lr0.012", "mhc4"),
+                                                      ("mhc4-lr0.012", "dhc4")]
 
 
 def test_seeds_raise_every_variant():
