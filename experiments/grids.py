@@ -240,6 +240,25 @@ def scaled_study(task: str, scale: str, seeds: int | None = None) -> Study:
                  about=f"the {scale}-scale recipe ({BASE_CONFIGS[scale][task]}), paired by seed")
 
 
+# The HC paper's secondary claims as paired comparisons between variants (row, reference, question): the
+# n-ordering (Fig. 5, Table 1: n = 1 gains least, x2 < x4, x8 about x4), tanh (Table 3), dynamic against static
+# (Table 1), and mHC against HC (the mHC paper, at the LR chosen for DHC x4).
+SECONDARY_CLAIMS = (
+    ("dhc2", "dhc1", "n-ordering: DHC x2 against x1"),
+    ("dhc4", "dhc2", "n-ordering: DHC x4 against x2"),
+    ("dhc8", "dhc4", "n-ordering: DHC x8 against x4"),
+    ("dhc4-notanh", "dhc4", "tanh: DHC x4 without it"),
+    ("shc2", "dhc2", "static against dynamic: SHC x2 against DHC x2"),
+    ("shc4", "dhc4", "static against dynamic: SHC x4 against DHC x4"),
+    ("mhc4", "dhc4", "mHC x4 against DHC x4 (at DHC x4's LR)"),
+)
+
+
+# mHC x4 at half and twice the grid's LR (chosen for the baseline and DHC x4), on choice seeds 0-1: whether mHC's
+# standing in the grid is its LR's.
+MHC_LR_FACTORS, MHC_LR_SEEDS = (0.5, 2.0), (0, 1)
+
+
 def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Study:
     """The baseline-vs-HC grid of a task: every variant, paired by seed, in the regime its depth study chose (LM:
     LM_MAIN_DEPTH at LM_MAIN_LR; ViT: VIT_MAIN_DEPTH at VIT_LR in VIT_REGIME), plus controls on the choice seeds
@@ -271,8 +290,15 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
     runs += confounds
     for s in range(max(counts.values())):
         runs += [run(task, v, s, **knobs) for v, n in counts.items() if v not in headline and s < n]
+    secondary = tuple(c for c in SECONDARY_CLAIMS if c[0] in counts and c[1] in counts)
+    if "mhc4" in counts and not quick:
+        lrs = [f * knobs["lr"] for f in MHC_LR_FACTORS]
+        runs += [run(task, "mhc4", s, **(knobs | {"lr": lr})) for s in MHC_LR_SEEDS for lr in lrs]
+        secondary += tuple((f"mhc4-lr{lr:g}", ref, f"mHC x4's own LR: at {f:g}x the grid's LR, against {what}")
+                           for f, lr in zip(MHC_LR_FACTORS, lrs)
+                           for ref, what in (("mhc4", "mHC x4 at the grid's"), ("dhc4", "DHC x4")))
     comparisons = (("dhc4", f"residual-steps{longer}", f"equal wall-clock: DHC x4 ({steps} steps) against the "
-                    f"baseline given {ratio:g}x the steps"), *controls)
+                    f"baseline given {ratio:g}x the steps"), *controls, *secondary)
     return Study("main", task, budget, tuple(runs), choice_seeds=choice, confirm_seeds=confirm,
                  about="every residual variant against the baseline, paired by seed", base_knobs=knobs,
                  comparisons=comparisons)
