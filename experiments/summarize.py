@@ -321,7 +321,8 @@ def comparisons_markdown(study: Study, runs: dict[str, list[dict]]) -> str:
         return ""
     metrics = ["val_loss"] + (["top1"] if study.task == "vit" else [])
     heads = {"val_loss": "row − reference (val loss), paired [95% CI], wins", "top1": "same, top-1 %"}
-    lines = ["## Controls and variant against variant, paired", "", f"| question | {' | '.join(heads[m] for m in metrics)} | row | reference |",
+    lines = ["## Controls and variant against variant, paired", "",
+             f"| question | {' | '.join(heads[m] for m in metrics)} | row | reference |",
              "|---|" + "---|" * len(metrics) + "---|---|"]
     for row, ref, question in study.comparisons:
         a, b = runs.get(row), runs.get(ref)

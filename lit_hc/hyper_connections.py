@@ -162,27 +162,36 @@ class _StreamMix(torch.autograd.Function):
     """mix = alpha^T H per token, returned as (branch input x, residual R); see stream_mix."""
 
     @staticmethod
-    def forward(ctx, H: torch.Tensor, alpha: torch.Tensor):
-        ctx.save_for_backward(H, alpha)
+    def mix(H: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mix = torch.matmul(_per_token(alpha, H).transpose(-1, -2), H)  # (..., n+1, d)
         # x gets its own storage: the branch saves its input for backward, and a view would keep all n+1 rows alive.
         # (copy_ into a new tensor: .contiguous() of this slice takes a path ~15x slower on CPU.)
         return mix.new_empty(mix.shape[:-2] + mix.shape[-1:]).copy_(mix[..., 0, :]), mix[..., 1:, :]
 
     @staticmethod
-    def backward(ctx, grad_x: torch.Tensor | None, grad_R: torch.Tensor | None):
-        H, alpha = ctx.saved_tensors
+    def mix_backward(H, alpha, grad_x, grad_R, needs=(True, True)) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Gradients of H and alpha (each only if `needs` says so), summed to their shapes."""
         # One write of the (..., n+1, d) gradient; slicing the forward output instead would make autograd
         # zero-fill two full-size buffers and add them.
         grad_mix = H.new_empty(*torch.broadcast_shapes(H.shape[:-2], alpha.shape[:-2]), alpha.shape[-1], H.shape[-1])
         grad_mix[..., 0, :] = 0 if grad_x is None else grad_x
         grad_mix[..., 1:, :] = 0 if grad_R is None else grad_R
         grad_H = grad_alpha = None
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             grad_H = torch.matmul(_per_token(alpha, grad_mix), grad_mix).sum_to_size(H.shape)
-        if ctx.needs_input_grad[1]:
+        if needs[1]:
             grad_alpha = torch.matmul(H, grad_mix.transpose(-1, -2)).sum_to_size(alpha.shape)
         return grad_H, grad_alpha
+
+    @staticmethod
+    def forward(ctx, H: torch.Tensor, alpha: torch.Tensor):
+        ctx.save_for_backward(H, alpha)
+        return _StreamMix.mix(H, alpha)
+
+    @staticmethod
+    def backward(ctx, grad_x: torch.Tensor | None, grad_R: torch.Tensor | None):
+        H, alpha = ctx.saved_tensors
+        return _StreamMix.mix_backward(H, alpha, grad_x, grad_R, ctx.needs_input_grad)
 
 
 @_backward_under_forward_autocast
@@ -234,30 +243,23 @@ class _DynamicWidth(torch.autograd.Function):
         p = torch.tanh(z) if use_tanh else z
         alpha = torch.addcmul(static_alpha, alpha_scale, p[..., : n + 1])
         beta = torch.addcmul(static_beta, beta_scale, p[..., n + 1])
-        mix = torch.matmul(alpha.transpose(-1, -2), H)  # (..., n+1, d)
         ctx.save_for_backward(H, mean, rstd, p, alpha, W, Wg, weight, bias, alpha_scale, beta_scale)
         ctx.use_tanh = use_tanh
-        x = mix.new_empty(mix.shape[:-2] + mix.shape[-1:]).copy_(mix[..., 0, :])  # own storage: see _StreamMix
-        return x, mix[..., 1:, :], beta
+        return *_StreamMix.mix(H, alpha), beta
 
     @staticmethod
     def backward(ctx, grad_x, grad_R, grad_beta):
         H, mean, rstd, p, alpha, W, Wg, weight, bias, alpha_scale, beta_scale = ctx.saved_tensors
         n, d = H.shape[-2:]
-        grad_mix = H.new_empty(*H.shape[:-2], n + 1, d)
-        grad_mix[..., 0, :] = 0 if grad_x is None else grad_x
-        grad_mix[..., 1:, :] = 0 if grad_R is None else grad_R
-        grad_H = torch.matmul(alpha, grad_mix)  # the mix's part, (..., n, d)
-        grad_alpha = torch.matmul(H, grad_mix.transpose(-1, -2))  # (..., n, n+1)
+        grad_H, grad_alpha = _StreamMix.mix_backward(H, alpha, grad_x, grad_R)  # the mix's part; (..., n, n+1)
         if grad_beta is None:
             grad_beta = torch.zeros_like(p[..., n + 1])
         grad_p = torch.cat([grad_alpha * alpha_scale, (grad_beta * beta_scale).unsqueeze(-1)], -1)
         grad_z = grad_p * (1 - p * p) if ctx.use_tanh else grad_p  # (..., n, n+2)
-        rows = grad_z.reshape(-1, n + 2)
         # z = rstd * (H @ Wg) - rstd * mean * colsum(Wg) + bias @ W
         scaled = (grad_z * rstd).reshape(-1, n + 2)
         grad_Wg = H.reshape(-1, d).T @ scaled - (mean.reshape(-1, 1) * scaled).sum(0)  # (d, n+2)
-        grad_sum = rows.sum(0)  # (n+2,)
+        grad_sum = grad_z.reshape(-1, n + 2).sum(0)  # (n+2,)
         grad_W = grad_Wg if weight is None else grad_Wg * weight.unsqueeze(1)
         grad_weight = grad_bias = None
         if bias is not None:
@@ -403,13 +405,17 @@ class HyperConnection(StreamConnection):
         for p in (width if freeze_width else []) + (depth if freeze_beta else []):
             p.requires_grad_(False)
 
+    def dynamic_weight(self) -> torch.Tensor:
+        """[W_alpha | W_beta], (d, n+2): one projection gives both dynamic coefficients."""
+        return torch.cat([self.dynamic_alpha_fn, self.dynamic_beta_fn.unsqueeze(1)], 1)
+
     def coefficients(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """alpha (n, n+1) and beta (n,) for SHC; (..., n, n+1) and (..., n) per token for DHC."""
         if not self.dynamic:
             return self.static_alpha, self.static_beta
         n = self.expansion_rate
         # One projection for both: (..., n, d) @ (d, n+2) -> (..., n, n+2)
-        proj = self.act(self.norm(H) @ torch.cat([self.dynamic_alpha_fn, self.dynamic_beta_fn.unsqueeze(1)], 1))
+        proj = self.act(self.norm(H) @ self.dynamic_weight())
         alpha = self.static_alpha + self.dynamic_alpha_scale * proj[..., : n + 1]
         beta = self.static_beta + self.dynamic_beta_scale * proj[..., n + 1]
         return alpha, beta
@@ -419,9 +425,8 @@ class HyperConnection(StreamConnection):
                 and not torch.compiler.is_compiling()):
             # Eager DHC with LayerNorm: one Function (_DynamicWidth); compiled, another norm, or H in a 16-bit dtype:
             # the plain ops below.
-            W = torch.cat([self.dynamic_alpha_fn, self.dynamic_beta_fn.unsqueeze(1)], 1)
-            return _DynamicWidth.apply(H, self.norm.weight, self.norm.bias, W, self.static_alpha, self.static_beta,
-                                       self.dynamic_alpha_scale, self.dynamic_beta_scale,
+            return _DynamicWidth.apply(H, self.norm.weight, self.norm.bias, self.dynamic_weight(), self.static_alpha,
+                                       self.static_beta, self.dynamic_alpha_scale, self.dynamic_beta_scale,
                                        isinstance(self.act, nn.Tanh), self.norm.eps)
         alpha, beta = self.coefficients(H)
         x, R = stream_mix(H, alpha)  # (n+1, n) @ (..., n, d) -> (..., n+1, d) = [x; R]
