@@ -25,6 +25,8 @@ KNOBS: dict[str, dict[str, str]] = {
     "lr": {"lm": "--model.init_args.optim.lr", "vit": "--model.init_args.optim.lr"},
     # a longer run with the same warmup; the cosine stretches to the new end (the equal-wall-clock control)
     "steps": {"lm": "--trainer.max_steps", "vit": "--trainer.max_steps"},
+    # generated training images per class (the ViT's dataset size; its validation set stays 300 per class)
+    "train": {"vit": "--data.init_args.synthetic_train_per_class"},
 }
 
 
@@ -61,6 +63,9 @@ def run(task: str, variant: str, seed: int, **knobs) -> Run:
     unknown = set(knobs) - set(KNOBS)
     if unknown:
         raise ValueError(f"unknown knobs {sorted(unknown)}; known: {list(KNOBS)}")
+    foreign = sorted(k for k in knobs if task not in KNOBS[k])
+    if foreign:
+        raise ValueError(f"knobs {foreign} do not apply to the {task} task")
     return Run(task, variant, seed, tuple((k, knobs[k]) for k in KNOBS if k in knobs))
 
 
@@ -86,8 +91,13 @@ class Study:
 
 BASE_CONFIGS = {
     "cpu": {"lm": "configs/lm/base.yaml", "vit": "configs/vit/base.yaml"},
+    "mid": {"lm": "configs/lm/gpt2-small.yaml"},
     "paper": {"lm": "configs/lm/olmo-1b.yaml", "vit": "configs/vit/vit-b16.yaml"},
 }
+# Runs per variant of the GPU grids, whose configs hold the whole recipe (no knobs, no CPU budget): the mid-scale
+# one compares the baseline with DHC x4 over three paired seeds; the paper-scale one is every variant once.
+SCALED_GRIDS = {"mid": {"residual": 3, "dhc4": 3}, "paper": {"residual": 1, "dhc1": 1, "dhc2": 1, "dhc4": 1,
+                "dhc8": 1, "dhc4-notanh": 1, "shc2": 1, "shc4": 1, "mhc4": 1}}
 
 # LM regime of the depth study: byte-level GPT, width 64, 4 heads, context 128, batch 16, 600 steps
 # (1,228,800 tokens), AdamW 3e-3, warmup 60 steps then cosine to 0.1x. Step time on this 2-core CPU, residual /
@@ -95,6 +105,25 @@ BASE_CONFIGS = {
 LM_BUDGET = Budget(steps=600, batch_size=16, val_every=100)
 LM_WIDTH, LM_LR = 64, 3e-3
 DEPTHS = (4, 8, 16, 32)
+
+# ViT regime of the depth study and the main grid: the generated shapes (10 classes, 32 px, 5,000 training and
+# 3,000 validation images: 300 per class, so a top-1 difference of 2 points is about one binomial std of a
+# difference instead of 1.6 points each), patch 4 (64 tokens), width 64, 4 heads, MLP ratio 2, batch 64, 600 steps
+# (38,400 images, 7.7 epochs), AdamW 2e-3 (the base config's LR, fixed before any HC run), warmup 60 steps then
+# cosine to 0.05x. Step time on this 2-core CPU, residual / DHC x4 (a 60-step probe, medians of 12 logged rates):
+# L=4 0.079 / 0.156 s, L=12 0.219 / 0.415 s. Depths run 12 first (the main grid's), then 4, then 8.
+VIT_BUDGET = Budget(steps=600, batch_size=64, val_every=100)
+VIT_WIDTH, VIT_LR = 64, 2e-3
+VIT_DEPTHS = (12, 4, 8)
+VIT_MAIN_DEPTH = 12
+# At 600 steps the baseline gained nothing from depth (final val loss 0.917 / 0.878 / 0.927 at L = 4 / 8 / 12,
+# seeds 0-2; results/vit/regime-600), so that regime cannot test HC's depth argument: every model was still
+# learning (val loss falling ~0.07 per 100 steps at the end). The ViT studies therefore train 3x longer on 3x the
+# images (1,800 steps x 64 = 115,200 images, 7.7 epochs of 15,000, the same epochs as before), with the base
+# budget's warmup (60 steps) and validation interval. These knobs are in every ViT run's name.
+VIT_REGIME = {"steps": 1800, "train": 1500}
+# DHC x4's step time over the baseline's at VIT_MAIN_DEPTH in that probe: 0.415 / 0.219 = 1.89.
+VIT_TIME_RATIO = 1.9
 
 QUICK_OVERRIDES = {
     "lm": ("--model.init_args.arch.n_head", "2", "--data.init_args.block_size", "32",
@@ -109,16 +138,26 @@ QUICK_BUDGET = {
 }
 
 
-def depth_study(quick: bool = False) -> Study:
-    """Does HC's gain grow with depth at fixed width? Residual vs DHC x4 at L in DEPTHS, width 64, equal tokens.
+def depth_study(task: str = "lm", quick: bool = False) -> Study:
+    """Does HC's gain grow with depth at fixed width? Residual vs DHC x4 against depth, equal tokens (images).
 
-    Seeds 0-2 are the choice set: the main grid's depth is picked from this study. QUICK: L in {1, 2}, width 32.
+    LM: L in DEPTHS at width 64; ViT: L in VIT_DEPTHS at width 64. Seeds 0-2 are the choice set: the main grid's
+    depth is picked from this study. Runs go depth by depth in the tuple's order, every seed of a depth before the
+    next, so an interrupted study already holds whole depths. QUICK: L in {1, 2}, width 32.
     """
-    depths, width, seeds = ((1, 2), 32, (0, 1)) if quick else (DEPTHS, LM_WIDTH, (0, 1, 2))
-    runs = tuple(run("lm", v, s, L=L, d=width, lr=LM_LR) for s in seeds for L in depths for v in ("residual", "dhc4"))
-    return Study("depth", "lm", QUICK_BUDGET["lm"] if quick else LM_BUDGET, runs, choice_seeds=seeds,
+    if task == "lm":
+        depths, width, lr, budget, regime = DEPTHS, LM_WIDTH, LM_LR, LM_BUDGET, {}
+    else:
+        depths, width, lr, budget, regime = VIT_DEPTHS, VIT_WIDTH, VIT_LR, VIT_BUDGET, VIT_REGIME
+    seeds = (0, 1, 2)
+    if quick:
+        depths, width, seeds, budget, regime = (1, 2), 32, (0, 1), QUICK_BUDGET[task], {}
+    runs = tuple(run(task, v, s, L=L, d=width, lr=lr, **regime)
+                 for L in depths for s in seeds for v in ("residual", "dhc4"))
+    return Study("depth", task, budget, runs, choice_seeds=seeds,
                  about="paired Δ (DHC x4 − residual) of the final validation loss against depth at width "
-                       f"{width}, equal tokens", base_knobs={"d": width, "lr": LM_LR})
+                       f"{width}, equal {'tokens' if task == 'lm' else 'images'}",
+                 base_knobs={"d": width, "lr": lr, **regime})
 
 
 # The depth the LM main grid and its controls run at, chosen from the depth study on seeds 0-2 (results/lm/depth).
@@ -134,82 +173,132 @@ LM_MAIN_LR = 2 * LM_LR
 LM_TIME_RATIO = 1.8
 
 
-def wall_clock_steps(budget: Budget, ratio: float = LM_TIME_RATIO) -> int:
-    return budget.val_every * round(budget.steps * ratio / budget.val_every)
+def wall_clock_steps(budget: Budget, ratio: float, steps: int | None = None) -> int:
+    """`steps` (default: the budget's) times `ratio`, rounded to a whole validation interval."""
+    return budget.val_every * round((steps or budget.steps) * ratio / budget.val_every)
 
 
-def controls_study(quick: bool = False) -> Study:
-    """The controls a reviewer asks for, at the main grid's depth, each paired by seed with the baseline there:
-
-    - learning rate: residual and DHC x4 at 0.5x, 2x and 4x the grid's LR (seeds 0-1), beside 1x (seeds 0-2).
-      0.5x was worse than 1x for both arms on both seeds (residual 2.250, 2.239 vs 2.162, 2.111; DHC x4 2.184
-      vs 2.062 on seed 0), so the sweep extends upwards (4x) instead of to 0.25x; 2x then beat 1x for both arms
-      (seeds 0-1: residual 2.060 vs 2.137, DHC x4 1.946 vs 2.040), so 4x runs next, before the other controls,
-      which belong at whatever LR the sweep picks;
-    - output-init confound: the baseline with DHC x4's halved output-projection init; DHC x4 without it;
-    - parameters: the baseline one block deeper, more parameters than DHC x4 adds.
-
-    The cost control (the baseline given DHC x4's wall-clock time) is part of the main grid, at its LR.
-    """
-    L, width, seeds = (2, 32, (0, 1)) if quick else (LM_MAIN_DEPTH, LM_WIDTH, (0, 1, 2))
-    base = dict(L=L, d=width, lr=LM_LR)
-    runs = [run("lm", v, s, **base) for s in seeds for v in ("residual", "dhc4")]
-    lr_sweep = lambda factors: [run("lm", v, s, **(base | {"lr": LM_LR * f}))  # noqa: E731
-                                for f in factors for s in seeds[:2] for v in ("residual", "dhc4")]
-    runs += lr_sweep((0.5, 2.0, 4.0))
-    runs += [run("lm", v, s, **base) for s in seeds for v in ("residual-init-0.5", "dhc4-init-none")]
-    runs += [run("lm", "residual", s, **(base | {"L": L + 1})) for s in seeds]
+def confound_controls(task: str, seeds: tuple[int, ...], base: dict) -> tuple[list[Run], tuple]:
+    """The parameter and output-init controls at the settings `base`, and the comparisons that read them: the
+    baseline one block deeper (more parameters than DHC x4 adds), the baseline with DHC x4's halved output init,
+    DHC x4 without it."""
+    L = base["L"]
+    runs = [run(task, "residual", s, **(base | {"L": L + 1})) for s in seeds]
+    runs += [run(task, v, s, **base) for s in seeds for v in ("residual-init-0.5", "dhc4-init-none")]
     comparisons = (
         ("residual-init-0.5", "residual", "output init: the baseline with DHC x4's halved output-projection init"),
         ("dhc4-init-none", "dhc4", "output init: DHC x4 without the halved init"),
         (f"residual-L{L + 1}", "residual", "parameters: the baseline one block deeper"),
         ("dhc4", f"residual-L{L + 1}", "parameters: DHC x4 against the deeper baseline (more parameters than DHC x4)"),
     )
-    return Study("controls", "lm", QUICK_BUDGET["lm"] if quick else LM_BUDGET, tuple(runs), choice_seeds=seeds,
+    return runs, comparisons
+
+
+def controls_study(task: str = "lm", quick: bool = False) -> Study:
+    """The controls a reviewer asks for, at the main grid's depth, each paired by seed with the baseline there:
+
+    - learning rate: residual and DHC x4 at other multiples of the depth study's LR (seeds 0-1), beside 1x
+      (seeds 0-2). LM: 0.5x was worse than 1x for both arms on both seeds (residual 2.250, 2.239 vs 2.162,
+      2.111; DHC x4 2.184 vs 2.062 on seed 0), so the sweep extends upwards (4x) instead of to 0.25x; 2x then
+      beat 1x for both arms (seeds 0-1: residual 2.060 vs 2.137, DHC x4 1.946 vs 2.040), so 4x ran next, before
+      the other controls. ViT: 2x, then 0.5x;
+    - output-init confound: the baseline with DHC x4's halved output-projection init; DHC x4 without it;
+    - parameters: the baseline one block deeper, more parameters than DHC x4 adds.
+
+    The cost control (the baseline given DHC x4's wall-clock time) is part of the main grid, at its LR.
+    """
+    main_depth, width, lr, budget, factors, regime = (
+        (LM_MAIN_DEPTH, LM_WIDTH, LM_LR, LM_BUDGET, (0.5, 2.0, 4.0), {}) if task == "lm"
+        else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (2.0, 0.5), VIT_REGIME))
+    L, seeds = (main_depth, (0, 1, 2))
+    if quick:
+        L, width, seeds, budget, regime = 2, 32, (0, 1), QUICK_BUDGET[task], {}
+    base = dict(L=L, d=width, lr=lr, **regime)
+    runs = [run(task, v, s, **base) for s in seeds for v in ("residual", "dhc4")]
+    runs += [run(task, v, s, **(base | {"lr": lr * f})) for f in factors for s in seeds[:2] for v in ("residual", "dhc4")]
+    confounds, comparisons = confound_controls(task, seeds, base)
+    return Study("controls", task, budget, tuple(runs + confounds), choice_seeds=seeds,
                  about=f"controls at depth {L}, width {width}: learning rate, output init, parameters",
                  base_knobs=base, comparisons=comparisons)
 
 
 # Seeds per variant of the main grids: the baseline and the headline variant get 6 (seeds 0-2 chose the settings,
-# 3-5 confirm them), every other variant 2. SEEDS=N raises every variant to N.
-MAIN_SEEDS = {"residual": 6, "dhc1": 2, "dhc2": 2, "dhc4": 6, "dhc8": 2, "dhc4-notanh": 2, "shc2": 2, "shc4": 2,
-              "mhc4": 2}
+# 3-5 confirm them), every other variant 3 (the choice seeds: the secondary claims are compared on them, paired
+# with the baseline; with 2 seeds their differences sat within the noise). SEEDS=N raises every variant to N.
+MAIN_SEEDS = {"residual": 6, "dhc1": 3, "dhc2": 3, "dhc4": 6, "dhc8": 3, "dhc4-notanh": 3, "shc2": 3, "shc4": 3,
+              "mhc4": 3}
 CHOICE_SEEDS, CONFIRM_SEEDS = (0, 1, 2), (3, 4, 5)
 
-# The ViT main grid of the earlier CPU reproduction (4 layers x d=128, 250 steps x 64 images of the generated
-# shapes), kept until a deeper, narrower ViT regime is chosen the way the LM's was.
-LEGACY_VIT = {"residual": 3, "dhc1": 1, "dhc2": 1, "dhc4": 3, "dhc8": 1, "shc2": 1, "mhc4": 1}
-LEGACY_VIT_BUDGET = Budget(steps=250, batch_size=64, val_every=50)
+def scaled_study(task: str, scale: str, seeds: int | None = None) -> Study:
+    """The grid of a GPU scale: its config is the whole recipe (steps, batch, LR), so runs carry no knobs."""
+    if task not in BASE_CONFIGS[scale]:
+        raise ValueError(f"there is no {scale}-scale {task} recipe; {scale} has {sorted(BASE_CONFIGS[scale])}")
+    counts = {v: max(n, seeds or 0) for v, n in SCALED_GRIDS[scale].items()}
+    runs = tuple(run(task, v, s) for s in range(max(counts.values())) for v, n in counts.items() if s < n)
+    return Study("main", task, Budget(steps=0, batch_size=0, val_every=0), runs,
+                 choice_seeds=tuple(range(max(counts.values()))),
+                 about=f"the {scale}-scale recipe ({BASE_CONFIGS[scale][task]}), paired by seed")
+
+
+# The HC paper's secondary claims as paired comparisons between variants (row, reference, question): the
+# n-ordering (Fig. 5, Table 1: n = 1 gains least, x2 < x4, x8 about x4), tanh (Table 3), dynamic against static
+# (Table 1), and mHC against HC (the mHC paper, at the LR chosen for DHC x4).
+SECONDARY_CLAIMS = (
+    ("dhc2", "dhc1", "n-ordering: DHC x2 against x1"),
+    ("dhc4", "dhc2", "n-ordering: DHC x4 against x2"),
+    ("dhc8", "dhc4", "n-ordering: DHC x8 against x4"),
+    ("dhc4-notanh", "dhc4", "tanh: DHC x4 without it"),
+    ("shc2", "dhc2", "static against dynamic: SHC x2 against DHC x2"),
+    ("shc4", "dhc4", "static against dynamic: SHC x4 against DHC x4"),
+    ("mhc4", "dhc4", "mHC x4 against DHC x4 (at DHC x4's LR)"),
+)
+
+
+# mHC x4 at half and twice the grid's LR (chosen for the baseline and DHC x4), on choice seeds 0-1: whether mHC's
+# standing in the grid is its LR's.
+MHC_LR_FACTORS, MHC_LR_SEEDS = (0.5, 2.0), (0, 1)
 
 
 def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Study:
-    """The baseline-vs-HC grid of a task: every variant, paired by seed (order: see below). LM: the depth-study regime at LM_MAIN_DEPTH and LM_MAIN_LR, plus the cost
-    control on the choice seeds: the baseline trained for DHC x4's wall-clock time (`residual-steps1100`)."""
+    """The baseline-vs-HC grid of a task: every variant, paired by seed, in the regime its depth study chose (LM:
+    LM_MAIN_DEPTH at LM_MAIN_LR; ViT: VIT_MAIN_DEPTH at VIT_LR in VIT_REGIME), plus controls on the choice seeds
+    at the grid's own settings: cost (the baseline trained for DHC x4's wall-clock time, `residual-steps1100` for
+    the LM), parameters and output init (`confound_controls`)."""
     if task == "lm":
-        grid, knobs = MAIN_SEEDS, ({"L": 1, "d": 32} if quick else {"L": LM_MAIN_DEPTH, "d": LM_WIDTH, "lr": LM_MAIN_LR})
-        choice, confirm = CHOICE_SEEDS, CONFIRM_SEEDS
+        knobs, budget, ratio = {"L": LM_MAIN_DEPTH, "d": LM_WIDTH, "lr": LM_MAIN_LR}, LM_BUDGET, LM_TIME_RATIO
     else:
-        grid, knobs = LEGACY_VIT, ({"L": 1, "d": 32} if quick else {})
-        choice, confirm = (0, 1, 2), ()
-    if quick and task == "lm":  # a test-sized smoke: the same variants, at most 2 seeds
-        grid = {v: min(n, 2) for v, n in grid.items()}
-        choice, confirm = (0,), (1,)
+        knobs = {"L": VIT_MAIN_DEPTH, "d": VIT_WIDTH, "lr": VIT_LR, **VIT_REGIME}
+        budget, ratio = VIT_BUDGET, VIT_TIME_RATIO
+    grid, choice, confirm = MAIN_SEEDS, CHOICE_SEEDS, CONFIRM_SEEDS
+    if quick:  # a test-sized smoke: the same variants, at most 2 seeds
+        knobs, budget = {"L": 1, "d": 32}, QUICK_BUDGET[task]
+        grid, choice, confirm = {v: min(n, 2) for v, n in grid.items()}, (0,), (1,)
     counts = {v: max(n, seeds or 0) for v, n in grid.items()}
-    budget = QUICK_BUDGET[task] if quick else (LM_BUDGET if task == "lm" else LEGACY_VIT_BUDGET)
+    steps = knobs.get("steps", budget.steps)
+    longer = wall_clock_steps(budget, ratio, steps)
     # Order: the baseline, the headline variant (DHC x4) and the cost control, seed by seed, so an interrupted grid
-    # already holds the paired comparison with its confirmation seeds; then every other variant, seed by seed.
-    runs, comparisons = [], ()
+    # already holds the paired comparison with its confirmation seeds.
+    runs = []
     headline = [v for v in ("residual", "dhc4") if v in counts]
     for s in range(max(counts.values())):
         runs += [run(task, v, s, **knobs) for v in headline if s < counts[v]]
-        if task == "lm" and s in choice:
-            runs.append(run(task, "residual", s, **knobs, steps=wall_clock_steps(budget)))
+        if s in choice:
+            runs.append(run(task, "residual", s, **(knobs | {"steps": longer})))
+    # Then the confound controls at the grid's own settings (its LR can differ from the controls study's), on the
+    # choice seeds; then every other variant, seed by seed.
+    confounds, controls = confound_controls(task, choice, knobs)
+    runs += confounds
     for s in range(max(counts.values())):
         runs += [run(task, v, s, **knobs) for v, n in counts.items() if v not in headline and s < n]
-    if task == "lm":
-        comparisons = (("dhc4", f"residual-steps{wall_clock_steps(budget)}",
-                        f"equal wall-clock: DHC x4 ({budget.steps} steps) against the baseline given "
-                        f"{LM_TIME_RATIO:g}x the steps"),)
+    secondary = tuple(c for c in SECONDARY_CLAIMS if c[0] in counts and c[1] in counts)
+    if "mhc4" in counts and not quick:
+        lrs = [f * knobs["lr"] for f in MHC_LR_FACTORS]
+        runs += [run(task, "mhc4", s, **(knobs | {"lr": lr})) for s in MHC_LR_SEEDS for lr in lrs]
+        secondary += tuple((f"mhc4-lr{lr:g}", ref, f"mHC x4's own LR: at {f:g}x the grid's LR, against {what}")
+                           for f, lr in zip(MHC_LR_FACTORS, lrs)
+                           for ref, what in (("mhc4", "mHC x4 at the grid's"), ("dhc4", "DHC x4")))
+    comparisons = (("dhc4", f"residual-steps{longer}", f"equal wall-clock: DHC x4 ({steps} steps) against the "
+                    f"baseline given {ratio:g}x the steps"), *controls, *secondary)
     return Study("main", task, budget, tuple(runs), choice_seeds=choice, confirm_seeds=confirm,
                  about="every residual variant against the baseline, paired by seed", base_knobs=knobs,
                  comparisons=comparisons)
@@ -218,11 +307,15 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
 STUDIES = {"main": main_study, "depth": depth_study, "controls": controls_study}
 
 
-def studies(name: str, tasks: list[str], quick: bool = False, seeds: int | None = None) -> list[Study]:
+def studies(name: str, tasks: list[str], quick: bool = False, seeds: int | None = None,
+            scale: str = "cpu") -> list[Study]:
+    if scale != "cpu":
+        if name != "main":
+            raise ValueError(f"--scale {scale} runs the main grid only (the {name} study is a CPU study)")
+        return [scaled_study(t, scale, seeds) for t in tasks if t in BASE_CONFIGS[scale]]
     if name == "main":
         return [main_study(t, quick, seeds) for t in tasks]
-    study = STUDIES[name](quick)
-    return [study] if study.task in tasks else []
+    return [STUDIES[name](t, quick) for t in tasks]
 
 
 # The HC paper's numbers to print beside ours (Zhu et al. 2025, its OLMo-1B and ViT-Base result tables). LM: OLMo-1B, 500B tokens, V2 eval loss. ViT: ViT-Base top-1.
@@ -232,7 +325,7 @@ PAPER = {
     "vit": {"residual": 76.38, "shc2": 77.60, "dhc2": 77.26},
 }
 
-# Paper scale, for a multi-GPU machine (not run here). GPU-hours are estimates: 6 * params * tokens FLOPs at
-# 40% of an H100's dense bf16 peak (989 TFLOP/s) for OLMo-1B; ViT-B/16 from 3 * 17.6 GFLOPs per
-# image, 1.28M images x 300 epochs at 30% utilisation.
-PAPER_GPU_HOURS = {"lm": 2_480, "vit": 19}
+# GPU-hours per run (not run here; estimates). Mid: lit_hc.analysis.training_flops of GPT-2 small for 10B tokens
+# (8.5e18) at 40% of an H100's dense bf16 peak (989 TFLOP/s), tested in tests/test_configs.py. Paper: 6 * params *
+# tokens for OLMo-1B at 40%; ViT-B/16 from 3 * 17.6 GFLOPs per image, 1.28M images x 300 epochs at 30%.
+GPU_HOURS = {"mid": {"lm": 6}, "paper": {"lm": 2_480, "vit": 19}}

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.grids import BASE_CONFIGS, KNOBS, PAPER_GPU_HOURS, STUDIES, Run, Study, studies
+from experiments.grids import BASE_CONFIGS, GPU_HOURS, KNOBS, STUDIES, Run, Study, studies
 from experiments.summarize import read_run_metrics, summarize_study
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -166,22 +166,34 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", choices=list(STUDIES), default="main")
     parser.add_argument("--task", choices=["lm", "vit", "all"], default="all")
-    parser.add_argument("--scale", choices=["cpu", "paper"], default="cpu")
+    parser.add_argument("--scale", choices=["cpu", "mid", "paper"], default="cpu",
+                        help="cpu: the studies here; mid: GPT-2 small on 8 GPUs; paper: the HC paper's OLMo-1B / ViT-B")
     parser.add_argument("--quick", action="store_true", help="a few steps per run, tiny models (tests)")
     parser.add_argument("--seeds", type=int, default=None, help="raise every variant of the main grid to this many seeds")
     parser.add_argument("--results", default=None,
                         help="results root (default: results; runs/quick for --quick; results/paper for --scale paper)")
-    parser.add_argument("--data", default=None, help="data path for --scale paper (shards folder or ImageNet root)")
+    parser.add_argument("--data", default=None, help="data path for --scale mid/paper (shards folder or ImageNet root)")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (then summarize)")
+    parser.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+                        help="run only these variants of the study (e.g. the baseline first); the tables cover all")
     parser.add_argument("--allow-mixed-code", action="store_true",
                         help="let a table combine runs made by different code versions (they are marked)")
     a = parser.parse_args(argv)
-    if a.scale == "paper" and a.data is None:
-        parser.error("--scale paper needs --data: the tokenized shards (lm) or the ImageNet root (vit)")
-    results = Path(a.results or ("runs/quick" if a.quick else "results/paper" if a.scale == "paper" else "results"))
+    if a.scale != "cpu" and a.data is None:
+        parser.error(f"--scale {a.scale} needs --data: the tokenized shards (lm) or the ImageNet root (vit)")
+    results = Path(a.results or ("runs/quick" if a.quick else f"results/{a.scale}" if a.scale != "cpu" else "results"))
     command = "python -m experiments.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
-    chosen = studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick, a.seeds)
+    try:
+        chosen = studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick, a.seeds, a.scale)
+    except ValueError as e:
+        parser.error(str(e))
     runs = list(dict.fromkeys(r for study in chosen for r in study.runs))
+    if a.variants:
+        unknown = sorted(set(a.variants) - {r.variant for r in runs})
+        if unknown:
+            parser.error(f"--variants {' '.join(unknown)}: not in the {a.study} study; it has "
+                         f"{' '.join(dict.fromkeys(r.variant for r in runs))}")
+        runs = [r for r in runs if r.variant in a.variants]
     origin = provenance()
     plan = []
     for r in runs:
@@ -195,8 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     todo = [p for p in plan if not (results / p[0].task / "runs" / p[0].name / "done.json").is_file()]
     print(f"reproduce: {a.study}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run "
           f"(commit {origin['commit'][:10]}{', uncommitted changes' if origin['dirty'] else ''})"
-          + (f" (paper scale: about {sum(PAPER_GPU_HOURS[s.task] for s in chosen)} GPU-hours per seed-variant)"
-             if a.scale == "paper" else ""), flush=True)
+          + (f" ({a.scale} scale: about {sum(GPU_HOURS[a.scale][r.task] for r in runs):,} GPU-hours in all)"
+             if a.scale != "cpu" else ""), flush=True)
     started, finished = time.time(), 0
     for i, (run, args, print_) in enumerate(todo[: a.max_runs]):
         elapsed = time.time() - started

@@ -1,7 +1,7 @@
 """Tables and plots of a study from its run folders, into results/<task>/<study>/: summary.{csv,md} and plots.
 Every number is read from the runs' TensorBoard events and done.json files.
 
-    python -m experiments.summarize depth          # results/lm/depth/ from results/lm/runs/
+    python -m experiments.summarize depth --task lm  # results/lm/depth/ from results/lm/runs/
     python -m experiments.summarize main --task lm
 """
 from __future__ import annotations
@@ -29,6 +29,7 @@ from lit_hc.io import write_atomic
 from lit_hc.plots import unrolled_connections_figure
 
 UNIT = {"lm": "tokens", "vit": "images"}
+TASK_NAME = {"lm": "LM", "vit": "ViT"}
 
 
 def event_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
@@ -124,17 +125,18 @@ def units_to_reach(curve: list[tuple[float, float]], target: float) -> float | N
     return None
 
 
-def _finals(rs: list[dict], task: str) -> dict[int, float]:
-    """{seed: the study's headline metric}: final val loss (LM) or top-1 % (ViT)."""
-    return {r["seed"]: (r["final"]["val_loss"] if task == "lm" else 100 * r["final"]["val_acc1"]) for r in rs}
+def _finals(rs: list[dict], metric: str = "val_loss") -> dict[int, float]:
+    """{seed: final metric}: the validation loss (the paired metric of both tasks: on 3,000 images it is far less
+    noisy than top-1, which moves in steps of 1/3,000 per image), or top-1 % ("top1", ViT)."""
+    return {r["seed"]: (r["final"]["val_loss"] if metric == "val_loss" else 100 * r["final"]["val_acc1"]) for r in rs}
 
 
-def paired_columns(rs: list[dict], base: list[dict] | None, task: str, seeds: tuple[int, ...]) -> dict:
+def paired_columns(rs: list[dict], base: list[dict] | None, seeds: tuple[int, ...], metric: str = "val_loss") -> dict:
     """The paired difference to the baseline over `seeds` (those both have), flattened for a table row."""
     if not base or not seeds:
         return {}
-    pick = lambda runs: {k: v for k, v in _finals(runs, task).items() if k in seeds}  # noqa: E731
-    d = paired(pick(rs), pick(base), lower_is_better=task == "lm")
+    pick = lambda runs: {k: v for k, v in _finals(runs, metric).items() if k in seeds}  # noqa: E731
+    d = paired(pick(rs), pick(base), lower_is_better=metric == "val_loss")
     if d is None:
         return {}
     return {"n": d.n, "delta": d.mean, "delta_std": d.std, "ci_lo": d.ci[0] if d.ci else None,
@@ -173,7 +175,9 @@ def summary_rows(task: str, runs: dict[str, list[dict]], study: Study | None = N
                                           if base_act and rs[0].get("saved_activation_bytes") else None)
         if study is not None and variant != "residual":
             for part, seeds in (("choice", study.choice_seeds), ("confirm", study.confirm_seeds)):
-                row |= {f"{part}_{k}": v for k, v in paired_columns(rs, base, task, seeds).items()}
+                row |= {f"{part}_{k}": v for k, v in paired_columns(rs, base, seeds).items()}
+                if task == "vit":
+                    row |= {f"{part}_top1_{k}": v for k, v in paired_columns(rs, base, seeds, "top1").items()}
         row["code"] = ",".join(sorted({r.get("code", "unknown") for r in rs}))
         paper = PAPER[task].get(variant)
         row["paper"] = paper
@@ -218,25 +222,27 @@ def markdown(task: str, rows: list[dict], command: str) -> str:
                          f"{_fmt(r['speedup_to_baseline_loss'], 2)} | {_fmt(r['step_time_ratio'], 2)} | "
                          f"{_fmt(r['saved_activations_ratio'], 2)} | {_fmt(r['paper'])} | {_fmt(r['paper_delta'], sign=True)} |")
     else:
-        head = ("| variant | seeds | params | Δ params | top-1 % | paired Δ top-1 [95% CI], wins: choice seeds | "
-                "confirmation seeds | top-5 % | val loss | images to residual's "
-                "final loss | speed-up | step time × | saved activations × | paper: ViT-B top-1 | paper Δ |")
-        lines = [head, "|" + "---|" * 15]
+        head = ("| variant | seeds | params | Δ params | val loss | paired Δ val loss [95% CI], wins: choice seeds | "
+                "confirmation seeds | top-1 % | paired Δ top-1: choice seeds | confirmation seeds | top-5 % | images "
+                "to residual's final loss | speed-up | step time × | saved activations × | paper: ViT-B top-1 | paper Δ |")
+        lines = [head, "|" + "---|" * 17]
         for r in rows:
             lines.append(f"| {r['variant']} | {r['seeds']} | {_fmt(r['params'])} | {_fmt(r['params_delta'], sign=True)} | "
-                         f"{_pm(r['top1'], r['top1_std'], 1)} | {paired_cell(r, 'choice', 2)} | {paired_cell(r, 'confirm', 2)} | "
-                         f"{_fmt(r['top5'], 1)} | {_pm(r['val_loss'], r['val_loss_std'])} | "
+                         f"{_pm(r['val_loss'], r['val_loss_std'])} | {paired_cell(r, 'choice')} | {paired_cell(r, 'confirm')} | "
+                         f"{_pm(r['top1'], r['top1_std'], 1)} | {paired_cell(r, 'choice_top1', 1)} | "
+                         f"{paired_cell(r, 'confirm_top1', 1)} | {_fmt(r['top5'], 1)} | "
                          f"{_fmt(r[f'{unit}_to_baseline_loss'], 0)} | {_fmt(r['speedup_to_baseline_loss'], 2)} | "
                          f"{_fmt(r['step_time_ratio'], 2)} | {_fmt(r['saved_activations_ratio'], 2)} | "
                          f"{_fmt(r['paper'], 2)} | {_fmt(r['paper_delta'], 2, sign=True)} |")
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
                f"torch {torch.__version__}")
     return "\n".join([
-        f"# {task.upper()} grid summary", "",
+        f"# {TASK_NAME[task]} grid summary", "",
         f"Tables and plots written by `{command}` from the run folders beside this file ({machine}); "
         "each run's own command is in its done.json.",
         "Mean ± sample std over seeds where a variant has several. Paired Δ = variant − residual per seed (same "
-        "data order and non-HC init), its mean, 95% t-interval and the seeds where the variant is better; "
+        "data order and non-HC init) of the final validation loss" + (" (and of top-1, beside it)" if task == "vit"
+        else "") + ", its mean, 95% t-interval and the seeds where the variant is better; "
         "choice seeds chose the settings, confirmation seeds never did. "
         "Step time and saved activations are ratios to the residual baseline measured in the same grid; "
         "'speed-up' = the baseline's " + unit + " to reach its own final validation loss / this variant's "
@@ -264,7 +270,7 @@ def val_curves_figure(task: str, runs: dict[str, list[dict]]) -> Figure:
                             color=line.get_color(), alpha=0.15)
     ax.set_xlabel(f"training {UNIT[task]}")
     ax.set_ylabel("validation loss")
-    ax.set_title(f"{task.upper()}: validation loss (shaded: min-max over seeds)")
+    ax.set_title(f"{TASK_NAME[task]}: validation loss (shaded: min-max over seeds)")
     finals = [r["final"]["val_loss"] for rs in runs.values() for r in rs]
     ax.set_ylim(min(finals) - 0.05, max(finals) + 0.6)
     ax.legend(fontsize=8)
@@ -313,24 +319,26 @@ def comparisons_markdown(study: Study, runs: dict[str, list[dict]]) -> str:
     rows have; a comparison whose rows have not finished yet says so instead of disappearing."""
     if not study.comparisons:
         return ""
-    metric = "val loss" if study.task == "lm" else "top-1 %"
-    lines = ["## Controls, paired", "",
-             f"| question | row − reference ({metric}), paired [95% CI], wins | row | reference |", "|---|---|---|---|"]
+    metrics = ["val_loss"] + (["top1"] if study.task == "vit" else [])
+    heads = {"val_loss": "row − reference (val loss), paired [95% CI], wins", "top1": "same, top-1 %"}
+    lines = ["## Controls and variant against variant, paired", "",
+             f"| question | {' | '.join(heads[m] for m in metrics)} | row | reference |",
+             "|---|" + "---|" * len(metrics) + "---|---|"]
     for row, ref, question in study.comparisons:
         a, b = runs.get(row), runs.get(ref)
-        common = tuple(sorted(set(_finals(a or [], study.task)) & set(_finals(b or [], study.task))))
-        cell = paired_cell({f"p_{k}": v for k, v in paired_columns(a, b, study.task, common).items()}, "p")
-        if cell == "—":
-            cell = "not run yet"
-        lines.append(f"| {question} | {cell} | {row} | {ref} |")
+        common = tuple(sorted(set(_finals(a or [])) & set(_finals(b or []))))
+        cells = [paired_cell({f"p_{k}": v for k, v in paired_columns(a, b, common, m).items()}, "p",
+                             3 if m == "val_loss" else 1) for m in metrics]
+        cells = ["not run yet" if c == "—" else c for c in cells]
+        lines.append(f"| {question} | {' | '.join(cells)} | {row} | {ref} |")
     return "\n".join(lines) + "\n"
 
 
 def summarize_grid(results: Path, study: Study, runs: dict[str, list[dict]], command: str) -> list[dict]:
     task, out = study.task, results / study.task / study.name
     rows = summary_rows(task, runs, study)
-    md = markdown(task, rows, command).replace(f"# {task.upper()} grid summary",
-                                                f"# {task.upper()} {study.name}: {study.about}")
+    md = markdown(task, rows, command).replace(f"# {TASK_NAME[task]} grid summary",
+                                                f"# {TASK_NAME[task]} {study.name}: {study.about}")
     extra = comparisons_markdown(study, runs)
     _write_table(out, rows, md + "\n" + (extra + "\n" if extra else "") + "\n".join(provenance_lines(runs)) + "\n")
     write_atomic(out / "val_curves.png", _png(val_curves_figure(task, runs)))
@@ -338,7 +346,7 @@ def summarize_grid(results: Path, study: Study, runs: dict[str, list[dict]], com
     for variant in ("dhc4", "mhc4", "shc4", "shc2"):
         if variant in runs and runs[variant][0].get("connection_matrices"):
             weights = unrolled_connections(torch.tensor(runs[variant][0]["connection_matrices"]))
-            fig = unrolled_connections_figure(weights, f"{task.upper()} {variant}, seed {runs[variant][0]['seed']}: "
+            fig = unrolled_connections_figure(weights, f"{TASK_NAME[task]} {variant}, seed {runs[variant][0]['seed']}: "
                                               "unrolled connections (Fig. 7 view)")
             write_atomic(out / f"connections_{variant}.png", _png(fig))
     return rows
@@ -360,8 +368,13 @@ def depth_rows(study: Study, runs: dict[str, list[dict]]) -> list[dict]:
                 row |= {f"{name}_seeds": len(rs), f"{name}_loss": m, f"{name}_std": sd, f"{name}_params": rs[0].get("params")}
                 times = [r["step_time_s"] for r in rs if r.get("step_time_s")]
                 row[f"{name}_step_s"] = statistics.fmean(times) if times else None
-        row |= paired_columns(hc, base, "lm", study.seeds)
-        d = paired(_finals(hc, "lm"), _finals(base, "lm"))
+        if study.task == "vit":
+            for name, rs in (("residual", base), ("dhc4", hc)):
+                if rs:
+                    row[f"{name}_top1"], row[f"{name}_top1_std"] = mean_std(list(_finals(rs, "top1").values()))
+            row |= {f"top1_{k}": v for k, v in paired_columns(hc, base, study.seeds, "top1").items()}
+        row |= paired_columns(hc, base, study.seeds)
+        d = paired(_finals(hc), _finals(base))
         row["diffs"] = json.dumps([round(x, 6) for x in d.diffs] if d else [])
         if row.get("residual_step_s") and row.get("dhc4_step_s"):
             row["step_time_ratio"] = row["dhc4_step_s"] / row["residual_step_s"]
@@ -382,53 +395,70 @@ def _wins(row: dict) -> str:
 
 
 def depth_markdown(study: Study, rows: list[dict], command: str, provenance: list[str]) -> str:
-    lines = ["| depth L | params residual | Δ params DHC x4 | residual val loss | DHC x4 val loss | "
-             "paired Δ ± std | 95% CI | DHC x4 better | step time × |", "|" + "---|" * 9]
+    vit = study.task == "vit"
+    head = ("| depth L | params residual | Δ params DHC x4 | residual val loss | DHC x4 val loss | paired Δ ± std | "
+            "95% CI | DHC x4 better | " + ("residual top-1 % | DHC x4 top-1 % | paired Δ top-1 [95% CI], wins | "
+                                          if vit else "") + "step time × |")
+    lines = [head, "|" + "---|" * (12 if vit else 9)]
     for r in rows:
         dp = (r["dhc4_params"] - r["residual_params"]) if r.get("dhc4_params") and r.get("residual_params") else None
+        top1 = ""
+        if vit:
+            top1 = " | ".join([*(_pm(r[f"{n}_top1"], r[f"{n}_top1_std"], 1) if f"{n}_top1" in r else "—"
+                                 for n in ("residual", "dhc4")), paired_cell(r, "top1", 1)]) + " | "
         lines.append(
             f"| {r['depth']} | {_fmt(r.get('residual_params'))} | {_fmt(dp, sign=True)} | "
             f"{_pm(r['residual_loss'], r['residual_std']) if 'residual_loss' in r else '—'} | "
             f"{_pm(r['dhc4_loss'], r['dhc4_std']) if 'dhc4_loss' in r else '—'} | "
             f"{_signed_pm(r['delta'], r['delta_std']) if 'delta' in r else '—'} | "
-            f"{_ci(r)} | {_wins(r)} | {_fmt(r.get('step_time_ratio'), 2)} |")
-    b = study.budget
+            f"{_ci(r)} | {_wins(r)} | {top1}{_fmt(r.get('step_time_ratio'), 2)} |")
+    b, k = study.budget, study.base_knobs
+    steps = k.get("steps", b.steps)  # a study's base knobs can lengthen its budget (the warmup stays the budget's)
+    warmup = f"warmup {max(1, b.steps // 10)} steps then cosine to {0.05 if vit else 0.1:g}x"
+    regime = (f"ViT on the generated shapes (10 classes, 32 px, {10 * k.get('train', 500):,} training and 3,000 "
+              f"validation images), patch 4, width {k.get('d')}, 4 heads, MLP ratio 2, {steps:,} steps x "
+              f"{b.batch_size} images = {steps * b.batch_size:,} images per run, AdamW lr {k.get('lr'):g}, {warmup}"
+              if vit else
+              f"Byte-level GPT on the Python standard library, width {k.get('d')}, 4 heads, context 128, "
+              f"{steps:,} steps x {b.batch_size} windows = {steps * b.batch_size * 128:,} tokens per run, AdamW lr "
+              f"{k.get('lr'):g}, {warmup}")
     return "\n".join([
-        f"# LM depth study: {study.about}", "",
-        f"Written by `{command}` from the runs in results/lm/runs/ (each run's command is in its done.json). "
-        f"Byte-level GPT on the Python standard library, width {study.base_knobs.get('d')}, 4 heads, context 128, "
-        f"{b.steps} steps x {b.batch_size} windows = {b.units(128):,} tokens per run, AdamW lr "
-        f"{study.base_knobs.get('lr'):g}, warmup {max(1, b.steps // 10)} steps then cosine to 0.1x; seeds {list(study.seeds)} "
-        "(the seeds the main grid's depth was chosen on).",
+        f"# {TASK_NAME[study.task]} depth study: {study.about}", "",
+        f"Written by `{command}` from the runs in results/{study.task}/runs/ (each run's command is in its "
+        f"done.json). {regime}; seeds {list(study.seeds)} (the seeds the main grid's depth was chosen on).",
         "Paired Δ = DHC x4 − residual per seed (same data order and non-HC init); mean ± sample std, 95% "
-        "t-interval, and the seeds where DHC x4 has the lower loss. Step time × = DHC x4 / residual, medians of "
-        "the logged step times on this 2-core CPU.", "", *lines, "", *provenance, ""])
+        "t-interval, and the seeds where DHC x4 has the lower loss" + (" (top-1: the higher)" if vit else "") +
+        ". Step time × = DHC x4 / residual, medians of the logged step times on this 2-core CPU.", "", *lines, "",
+        *provenance, ""])
 
 
-def depth_figure(rows: list[dict]) -> Figure:
+def depth_figure(rows: list[dict], task: str = "lm") -> Figure:
     fig = Figure(figsize=(9, 3.8), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
-    done = [r for r in rows if "delta" in r]
-    depths = [r["depth"] for r in done]
+    done = [r for r in rows if "delta" in r]  # depths with both arms; a study part-way has fewer than `rows`
+    depths = [r["depth"] for r in rows]
     means = [r["delta"] for r in done]
     lo = [r["delta"] - r["ci_lo"] if r.get("ci_lo") is not None else 0 for r in done]
     hi = [r["ci_hi"] - r["delta"] if r.get("ci_hi") is not None else 0 for r in done]
-    ax.errorbar(depths, means, yerr=[lo, hi], marker="o", capsize=4, color="C1", label="mean, 95% t-interval")
+    ax.errorbar([r["depth"] for r in done], means, yerr=[lo, hi], marker="o", capsize=4, color="C1",
+                label="mean, 95% t-interval")
     for r in done:
         ax.scatter([r["depth"]] * r["n"], json.loads(r["diffs"]), s=10, color="gray", zorder=3)
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
-    _depth_axis(ax, depths, "val loss: DHC x4 − residual (nats/byte)", "Paired difference per seed (gray) and mean")
+    unit = "nats/byte" if task == "lm" else "nats"
+    _depth_axis(ax, depths, f"val loss: DHC x4 − residual ({unit})", "Paired difference per seed (gray) and mean")
     for name, color in (("residual", "C0"), ("dhc4", "C1")):
         pts = [(r["depth"], r[f"{name}_loss"], r[f"{name}_std"] or 0) for r in rows if f"{name}_loss" in r]
         if pts:
             d, m, sd = zip(*pts)
             ax2.errorbar(d, m, yerr=sd, marker="o", capsize=3, color=color, label="DHC x4" if name == "dhc4" else name)
-    _depth_axis(ax2, depths, "final val loss (mean ± std)", "Both arms, equal tokens")
+    _depth_axis(ax2, depths, "final val loss (mean ± std)", f"Both arms, equal {'tokens' if task == 'lm' else 'images'}")
     return fig
 
 
 def _depth_axis(ax, depths: list[int], ylabel: str, title: str) -> None:
     ax.set_xscale("log", base=2)
+    ax.set_xlim(min(depths) / 1.25, max(depths) * 1.25)  # also when an axis has no points yet (a study part-way)
     ax.set_xticks(depths, [str(d) for d in depths])
     ax.set_xlabel("depth L (blocks)")
     ax.set_ylabel(ylabel)
@@ -441,15 +471,15 @@ def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool
     rows = depth_rows(study, runs)
     if not rows:
         return []
-    out = results / "lm" / study.name
+    out = results / study.task / study.name
     _write_table(out, rows, depth_markdown(study, rows, command, provenance_lines(runs)))
-    write_atomic(out / "depth.png", _png(depth_figure(rows)))
+    write_atomic(out / "depth.png", _png(depth_figure(rows, study.task)))
     # The learned connections of DHC x4's lowest seed at every depth (the paper's Fig. 7 view), and the gain of
     # the residual products over depth (the mHC paper's diagnostic), one line per depth.
     deep = {lab: rs[0] for lab, rs in runs.items() if lab.startswith("dhc4") and rs[0].get("connection_matrices")}
     for lab, r in deep.items():
         weights = unrolled_connections(torch.tensor(r["connection_matrices"]))
-        fig = unrolled_connections_figure(weights, f"LM DHC x4, {lab.split('-')[1]}, seed {r['seed']}: unrolled connections")
+        fig = unrolled_connections_figure(weights, f"{TASK_NAME[study.task]} DHC x4, {lab.split('-')[1]}, seed {r['seed']}: unrolled connections")
         write_atomic(out / f"connections_{lab}.png", _png(fig))
     if deep:
         write_atomic(out / "gains.png", _png(gains_figure(deep)))
@@ -466,8 +496,8 @@ def lr_sweep_markdown(runs: dict[str, list[dict]], base_lr: float) -> str:
         base, hc = runs.get("residual" + suffix), runs.get("dhc4" + suffix)
         if not base or not hc:
             continue
-        cells = [_pm(*mean_std(list(_finals(rs, "lm").values()))) + f" ({len(rs)} seed{'s' * (len(rs) > 1)})" for rs in (base, hc)]
-        row = paired_columns(hc, base, "lm", tuple(sorted(_finals(hc, "lm"))))
+        cells = [_pm(*mean_std(list(_finals(rs).values()))) + f" ({len(rs)} seed{'s' * (len(rs) > 1)})" for rs in (base, hc)]
+        row = paired_columns(hc, base, tuple(sorted(_finals(hc))))
         lines.append(f"| {lr:g} ({lr / base_lr:g}x) | {cells[0]} | {cells[1]} | "
                      f"{paired_cell({f'p_{k}': v for k, v in row.items()}, 'p')} |")
     return "\n".join(["## Learning-rate sweep", "", *lines, ""])
@@ -495,11 +525,12 @@ if __name__ == "__main__":
     parser.add_argument("--task", choices=["lm", "vit", "all"], default="all")
     parser.add_argument("--results", default="results")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scale", choices=["cpu", "mid", "paper"], default="cpu", help="with --results results/<scale>")
     parser.add_argument("--allow-mixed-code", action="store_true")
     a = parser.parse_args()
     command = "python -m experiments.summarize " + " ".join(sys.argv[1:])
     try:
-        for study in studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick):
+        for study in studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick, scale=a.scale):
             summarize_study(Path(a.results), study, command, a.allow_mixed_code)
     except ValueError as e:
         sys.exit(f"summarize: error: {e}")
