@@ -77,6 +77,40 @@ def test_generated_images_are_deterministic(tmp_path):
     assert any((a / f).read_bytes() != (c / f).read_bytes() for f in files)
 
 
+def test_generated_pairs_are_every_unordered_pair_once(tmp_path):
+    pairs = shapes.classes(2)
+    assert len(pairs) == 21 == len({frozenset(p.split("+")) for p in pairs})  # C(6, 2) + 6 same-shape pairs
+    dm = ImageFolderDataModule(image_size=16, synthetic_objects=2, synthetic_train_per_class=2,
+                               synthetic_val_per_class=1, num_workers=0)
+    assert dm.num_classes == 21 and dm.root.name.startswith("pairs-")
+    dm.root = tmp_path / "pairs"
+    dm.prepare_data()
+    dm.setup()
+    assert len(dm.train_set) == 42 and dm.train_set.classes == sorted(pairs)
+    again = shapes.write_dataset(tmp_path / "again", 2, 1, 16, objects=2)
+    assert all((again / f).read_bytes() == (dm.root / f).read_bytes()
+               for f in (p.relative_to(again) for p in again.rglob("*.png")))
+
+
+def test_pair_images_hold_both_shapes_apart(monkeypatch):
+    drawn = []
+    real = shapes._shape
+    monkeypatch.setattr(shapes, "_shape", lambda d, name, cx, cy, r, *a: (drawn.append((name, cx, cy, r)),
+                                                                         real(d, name, cx, cy, r, *a)))
+    for k in range(50):
+        drawn.clear()
+        shapes.draw_pair("star+star" if k % 2 else "circle+cross", 32, np.random.default_rng(k))
+        (a, xa, ya, ra), (b, xb, yb, rb) = drawn
+        assert {a, b} <= {"star", "circle", "cross"} and (a == b) == (k % 2 == 1)
+        assert np.hypot(xa - xb, ya - yb) > 1.2 * (ra + rb)  # polygons reach 1.2 r: the shapes never touch
+        assert all(1.2 * r <= c <= 128 - 1.2 * r for _, x, y, r in drawn for c in (x, y))  # inside the image
+
+
+def test_unsupported_object_count_is_one_line():
+    with pytest.raises(ValueError, match="synthetic_objects=3 is not supported: use 1"):
+        ImageFolderDataModule(synthetic_objects=3)
+
+
 def _one_line_error(capsys, argv) -> str:
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:

@@ -137,6 +137,7 @@ def test_vit_studies_share_one_regime_named_in_every_run():
         for r in study.runs:  # the dataset size and the length are in every name, so no folder of the
             assert r.knob("train") == VIT_REGIME["train"]  # 600-step regime can be reused by mistake
             assert f"train{VIT_REGIME['train']}" in r.name and "-steps" in r.name
+            assert r.knob("obj") == VIT_REGIME["obj"] == 2 and "-obj2-" in r.name  # the shape-pairs task
     main = main_study("vit")
     longer = {r.knob("steps") for r in main.runs} - {VIT_REGIME["steps"]}
     assert longer == {3400}  # the cost control: 1.9 x 1,800 steps, rounded to the 100-step validation interval

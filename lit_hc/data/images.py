@@ -108,6 +108,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         synthetic_train_per_class: int = 500,
         synthetic_val_per_class: int = 100,
         synthetic_seed: int = 0,
+        synthetic_objects: int = 1,
         strict: bool = False,
         check_images: bool = True,
         seed: int = 0,
@@ -134,6 +135,8 @@ class ImageFolderDataModule(L.LightningDataModule):
             synthetic_train_per_class: generated training images per class (root=None only).
             synthetic_val_per_class: generated validation images per class (root=None only).
             synthetic_seed: seed of the generated dataset (root=None only).
+            synthetic_objects: objects per generated image: 1 = one shape or texture (10 classes); 2 = an
+                unordered pair of shapes (21 classes, a compositional task; lit_hc.data.shapes).
             strict: a corrupt or non-image file in the folders is an error naming it; false = skip such files
                 (counted in a warning).
             check_images: open every image's header once at setup to find bad files up front (about a minute
@@ -146,8 +149,11 @@ class ImageFolderDataModule(L.LightningDataModule):
         if root is None:
             raise ValueError("data.init_args.root is required by this config: pass --data.init_args.root with a folder "
                              "in ImageNet layout (<root>/train/<class>/*.JPEG, <root>/val/<class>/*.JPEG)")
+        if root == "synthetic":
+            shapes.classes(synthetic_objects)  # an unsupported count fails here, in one line
         self.root = (shapes.default_root(data_dir(), synthetic_train_per_class, synthetic_val_per_class, image_size,
-                                         synthetic_seed) if root == "synthetic" else Path(root).expanduser())
+                                         synthetic_seed, synthetic_objects)
+                     if root == "synthetic" else Path(root).expanduser())
         self.train_set = self.val_set = None
         # Nothing is read here (the CLI builds data modules for --help and --print_config too): the class folders
         # are listed when num_classes is linked into the model (after instantiation) or at setup.
@@ -155,7 +161,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     @functools.cached_property
     def classes(self) -> list[str]:
         if self.hparams.root == "synthetic":
-            return sorted(shapes.CLASSES)  # ImageFolder orders classes by name
+            return sorted(shapes.classes(self.hparams.synthetic_objects))  # ImageFolder orders classes by name
         classes = class_names(self.root / "train")
         if not classes:
             raise FileNotFoundError(f"image root {self.root} has no class folders under train/: expected the "
@@ -179,7 +185,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         if self.hparams.root == "synthetic":  # rank 0 only: write the generated dataset once
             h = self.hparams
             shapes.write_dataset(self.root, h.synthetic_train_per_class, h.synthetic_val_per_class,
-                                 self.image_size, h.synthetic_seed)
+                                 self.image_size, h.synthetic_seed, h.synthetic_objects)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
