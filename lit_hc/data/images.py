@@ -136,7 +136,7 @@ class ImageFolderDataModule(L.LightningDataModule):
             synthetic_val_per_class: generated validation images per class (root=None only).
             synthetic_seed: seed of the generated dataset (root=None only).
             synthetic_objects: objects per generated image: 1 = one shape or texture (10 classes); 2 = an
-                unordered pair of shapes (21 classes, a compositional task; lit_hc.data.shapes).
+                unordered pair of shapes (10 classes, a compositional task; lit_hc.data.shapes).
             strict: a corrupt or non-image file in the folders is an error naming it; false = skip such files
                 (counted in a warning).
             check_images: open every image's header once at setup to find bad files up front (about a minute

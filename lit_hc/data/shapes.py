@@ -4,10 +4,12 @@ One object per image (`objects=1`, the default): ten classes of shapes and textu
 foreground and background colour, position, scale, rotation and pixel noise, so the task is learnable from a few
 thousand images but not trivial (colour says nothing about the class; textures and outlines must be told apart).
 
-Two objects per image (`objects=2`): the class is the unordered pair of two of the six shapes (21 classes,
-`circle+star`, `ring+ring`, ...), each drawn small, in its own colour and place, never overlapping. Telling the
-pair needs both objects recognised and combined across the image (and `square+square` told from one square), a
-compositional task for which depth should matter more than for one object.
+Two objects per image (`objects=2`): the class is the unordered pair of two of four clearly different shapes
+(PAIR_SHAPES: filled round, filled angular, strokes, hollow round; 10 classes, `circle+cross`, `ring+ring`, ...),
+each in its own colour, scale, rotation and place, never overlapping. Telling the pair needs both objects
+recognised and combined across the image (and `ring+ring` told from one ring), a compositional task for which
+depth should matter more than for one object. (A first version with all six shapes, 21 classes and smaller
+objects was too hard for the small ViT: 13% top-1 after 1,800 steps.)
 
 Image k of class c in a split is a pure function of (seed, split, c, k): the same seed writes the same files on
 every machine.
@@ -27,7 +29,8 @@ from lit_hc.io import fsync_folder
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 CLASSES = (*SHAPES, "stripes", "checker", "dots", "zigzag")
 VERSION = 1  # bump when drawing changes, so cached folders are regenerated
-PAIRS_VERSION = 1
+PAIR_SHAPES = ("circle", "triangle", "cross", "ring")
+PAIRS_VERSION = 2
 
 
 def classes(objects: int = 1) -> tuple[str, ...]:
@@ -35,7 +38,7 @@ def classes(objects: int = 1) -> tuple[str, ...]:
     if objects == 1:
         return CLASSES
     if objects == 2:
-        return tuple(f"{a}+{b}" for i, a in enumerate(SHAPES) for b in SHAPES[i:])
+        return tuple(f"{a}+{b}" for i, a in enumerate(PAIR_SHAPES) for b in PAIR_SHAPES[i:])
     raise ValueError(f"synthetic_objects={objects} is not supported: use 1 (one shape or texture per image) "
                      "or 2 (a pair of shapes per image)")
 
@@ -122,22 +125,22 @@ def _finish(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Imag
 
 
 def draw_pair(label: str, size: int, rng: np.random.Generator) -> Image.Image:
-    """One image of pair class `label` ('a+b', both in SHAPES): the two shapes in random order, each in its own
-    colour, scale, rotation and place, kept apart by a gap of at least 5% of the side (so they never touch)."""
+    """One image of pair class `label` ('a+b', both in PAIR_SHAPES): the two shapes in random order, each in its
+    own colour, scale, rotation and place, kept apart by a gap of at least 3% of the side (so they never touch)."""
     s = 4 * size
     names = label.split("+")
-    if len(names) != 2 or not set(names) <= set(SHAPES):
-        raise ValueError(f"{label!r} is not a pair class: expected 'a+b' with a and b in {SHAPES}")
+    if len(names) != 2 or not set(names) <= set(PAIR_SHAPES):
+        raise ValueError(f"{label!r} is not a pair class: expected 'a+b' with a and b in {PAIR_SHAPES}")
     if rng.random() < 0.5:
         names.reverse()
     bg = tuple(int(v) for v in rng.integers(0, 256, 3))
     img = Image.new("RGB", (s, s), bg)
     d = ImageDraw.Draw(img)
     fgs = [_foreground(rng, bg) for _ in names]
-    radii = s * rng.uniform(0.12, 0.2, 2)
+    radii = s * rng.uniform(0.14, 0.21, 2)
     while True:  # both places at once, by rejection (placing one first could leave the other no room)
         centres = [rng.uniform(1.2 * r, s - 1.2 * r, 2) for r in radii]
-        if math.dist(*centres) > 1.2 * radii.sum() + 0.05 * s:
+        if math.dist(*centres) > 1.2 * radii.sum() + 0.03 * s:
             break
     for name, fg, r, (cx, cy) in zip(names, fgs, radii, centres):
         angle = rng.uniform(0, 2 * math.pi)
