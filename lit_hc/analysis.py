@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lit_hc.gpt import GPT, GPTConfig
-from lit_hc.hyper_connections import HCConfig, StreamConnection
+from lit_hc.hyper_connections import HCConfig, StreamConnection, observe_saved
 from lit_hc.vit import ViT, ViTConfig
 
 ModelConfig = Union[GPTConfig, ViTConfig]
@@ -178,13 +178,15 @@ def saved_activation_bytes(model: nn.Module, *inputs: torch.Tensor) -> int:
     """
     param_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
+    alive = []  # held until the end, so no freed storage's address is reused and counted as one with another
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         ptr = t.untyped_storage().data_ptr()
         if ptr not in param_storages:
             saved[ptr] = t.untyped_storage().nbytes()
+            alive.append(t)
         return t
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), observe_saved(pack):
         model(*inputs)
     return sum(saved.values())

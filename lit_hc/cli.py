@@ -32,11 +32,24 @@ TASK_NAMES = {"LanguageModel": "lm", "ImageClassifier": "vit"}
 LINKED = ("vocab_size", "block_size", "num_classes", "image_size")  # data module attribute -> model arch field
 
 
+# The callbacks every run gets unless its config says otherwise: the default of `trainer.callbacks`, so a config
+# adds its own (a ModelCheckpoint with its monitor) with `callbacks+:` and replaces the whole list with `callbacks:`
+# (a config that names its callbacks gets exactly those). Not LightningCLI's `trainer_defaults`: callbacks given
+# there are added to every run and no config can remove them, which would change what a run that lists only a
+# ModelCheckpoint keeps after a crash.
+DEFAULT_CALLBACKS = (
+    {"class_path": "lit_hc.callbacks.CheckpointOnException"},
+    {"class_path": "lit_hc.callbacks.NonFiniteGuard", "init_args": {"action": "stop"}},
+    {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
+)
+
+
 class HCCLI(KeepGivenConfigOnResume, LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Each link applies only when the chosen data module has the attribute (text or images).
         for name in LINKED:
             parser.link_arguments(f"data.{name}", f"model.init_args.arch.{name}", apply_on="instantiate")
+        parser.set_defaults({"trainer.callbacks": [dict(cb) for cb in DEFAULT_CALLBACKS]})
 
     def before_instantiate_classes(self) -> None:
         """Name the TensorBoard run after the task, the variant, the seed and the configuration (lm/dhc4-s0-1a2b3c4d),

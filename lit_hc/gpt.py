@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_hc.checks import one_of, positive, probability
-from lit_hc.hyper_connections import HCConfig, expand_streams, reduce_streams
+from lit_hc.hyper_connections import HCConfig, expand_streams, reduce_streams, stream_recompute
 from lit_hc.layers import Block, layer_norm, rope_cache
 
 
@@ -111,8 +111,9 @@ class GPT(nn.Module):
             x = x + self.wpe.weight[:t]
         rope = (self.rope_cos[:t], self.rope_sin[:t]) if self.wpe is None else None
         H = expand_streams(self.drop(x), self.config.hc.expansion_rate)  # (b, t, n, d)
-        for block in self.blocks:
-            H = block(H, rope)
+        with stream_recompute(self.config.hc, self.blocks):
+            for block in self.blocks:
+                H = block(H, rope)
         return self.lm_head(self.norm(reduce_streams(H)))  # (b, t, v)
 
     @torch.no_grad()

@@ -10,8 +10,10 @@ so a Transformer block is written once and does not know which variant it runs.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -52,10 +54,13 @@ class HCConfig:
     sinkhorn_iters: int = 20
     """mHC only: Sinkhorn-Knopp iterations that project H_res onto doubly stochastic matrices."""
     recompute: bool = False
-    """Keep only H for the backward pass of each width connection and compute its intermediates (norm,
-    projection, coefficients, Sinkhorn) again there: less training memory for one more width-connection forward
-    per sub-layer, the same values (the mHC paper recomputes its kernels' outputs the same way). Not part of the
-    variant's name: it changes how, not what, is computed."""
+    """Recompute instead of keeping, the mHC paper's way (Sec. 4.3): in GPT and ViT the stream state H is kept for
+    backward only at the start of every segment of blocks (~sqrt(nL / (n + 2)) sub-layers, StreamRecompute), the
+    states in between and each width connection's intermediates (norm, projection, coefficients, Sinkhorn) are
+    computed again in the backward pass from it and the branch outputs. Alone (a connection injected into another
+    model), only H of each width connection is kept (torch.utils.checkpoint). Less training memory for about one
+    more forward of the stream work, the same values (bit for bit, tested). Not part of the variant's name: it
+    changes how, not what, is computed."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -224,11 +229,14 @@ class _DynamicWidth(torch.autograd.Function):
     of H is never written nor kept for backward (the reordering the mHC paper makes for its RMSNorm, applied to
     LayerNorm's mean and gain). Backward writes the gradient of H once: the mix's part, then the norm's part
     (LayerNorm's own backward kernel on the projection's gradient) added into it. Saves H, the per-row statistics
-    and the (..., n, n+2) coefficients, no H-sized intermediate.
+    and the (..., n, n+2) coefficients, no H-sized intermediate; with `lean` (under a StreamRecompute, which keeps
+    no H either) only H, and the backward computes the statistics and coefficients again from it.
     """
 
     @staticmethod
-    def forward(ctx, H, weight, bias, W, static_alpha, static_beta, alpha_scale, beta_scale, use_tanh: bool, eps: float):
+    def coefficients(H, weight, bias, W, static_alpha, static_beta, alpha_scale, beta_scale, use_tanh: bool,
+                     eps: float):
+        """mean, rstd (..., n, 1), p = act(z) (..., n, n+2), alpha (..., n, n+1), beta (..., n), Wg (d, n+2)."""
         n = H.shape[-2]
         # var = E[h^2] - mean^2 from two plain reductions: torch.var_mean over the last dim takes a path ~20x slower on
         # CPU. The cancellation costs precision only where a row's mean is ~100x its spread; float32/64 only (the
@@ -243,13 +251,29 @@ class _DynamicWidth(torch.autograd.Function):
         p = torch.tanh(z) if use_tanh else z
         alpha = torch.addcmul(static_alpha, alpha_scale, p[..., : n + 1])
         beta = torch.addcmul(static_beta, beta_scale, p[..., n + 1])
-        ctx.save_for_backward(H, mean, rstd, p, alpha, W, Wg, weight, bias, alpha_scale, beta_scale)
-        ctx.use_tanh = use_tanh
+        return mean, rstd, p, alpha, beta, Wg
+
+    @staticmethod
+    def forward(ctx, H, weight, bias, W, static_alpha, static_beta, alpha_scale, beta_scale, use_tanh: bool, eps: float,
+                lean: bool = False):
+        args = (weight, bias, W, static_alpha, static_beta, alpha_scale, beta_scale, use_tanh, eps)
+        mean, rstd, p, alpha, beta, Wg = _DynamicWidth.coefficients(H, *args)
+        if lean:
+            ctx.save_for_backward(H, weight, bias, W, static_alpha, static_beta, alpha_scale, beta_scale)
+            ctx.eps = eps
+        else:
+            ctx.save_for_backward(H, mean, rstd, p, alpha, W, Wg, weight, bias, alpha_scale, beta_scale)
+        ctx.use_tanh, ctx.lean = use_tanh, lean
         return *_StreamMix.mix(H, alpha), beta
 
     @staticmethod
     def backward(ctx, grad_x, grad_R, grad_beta):
-        H, mean, rstd, p, alpha, W, Wg, weight, bias, alpha_scale, beta_scale = ctx.saved_tensors
+        if ctx.lean:
+            H, weight, bias, W, static_alpha, static_beta, alpha_scale, beta_scale = ctx.saved_tensors
+            mean, rstd, p, alpha, _, Wg = _DynamicWidth.coefficients(
+                H, weight, bias, W, static_alpha, static_beta, alpha_scale, beta_scale, ctx.use_tanh, ctx.eps)
+        else:
+            H, mean, rstd, p, alpha, W, Wg, weight, bias, alpha_scale, beta_scale = ctx.saved_tensors
         n, d = H.shape[-2:]
         grad_H, grad_alpha = _StreamMix.mix_backward(H, alpha, grad_x, grad_R)  # the mix's part; (..., n, n+1)
         if grad_beta is None:
@@ -277,7 +301,7 @@ class _DynamicWidth(torch.autograd.Function):
         grad_alpha_scale = (grad_alpha * p[..., : n + 1]).sum().reshape(1)
         grad_beta_scale = (grad_beta * p[..., n + 1]).sum().reshape(1)
         return (grad_H, grad_weight, grad_bias, grad_W, grad_static_alpha, grad_static_beta, grad_alpha_scale,
-                grad_beta_scale, None, None)
+                grad_beta_scale, None, None, None)
 
 
 def _per_token(coefficients: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -319,6 +343,125 @@ def reduce_streams(H: torch.Tensor) -> torch.Tensor:
     return H.sum(dim=-2)
 
 
+_saved_observer: Callable[[torch.Tensor], object] | None = None
+
+
+@contextlib.contextmanager
+def observe_saved(pack: Callable[[torch.Tensor], object]):
+    """Call `pack` on every tensor a StreamRecompute keeps for backward. Saved-tensor hooks do not nest (the
+    innermost pair alone sees the tensors), so a measurement of saved memory (lit_hc.analysis) looks through a
+    StreamRecompute this way."""
+    global _saved_observer
+    outer, _saved_observer = _saved_observer, pack
+    try:
+        yield
+    finally:
+        _saved_observer = outer
+
+
+class _Segment:
+    """A run of sub-layers whose stream states are not kept for backward: only its first input H_0 and, per
+    sub-layer, the connection and the branch output y (which the depth connection keeps anyway)."""
+
+    def __init__(self, start: torch.Tensor):
+        self.start = start
+        self.steps: list[tuple[StreamConnection, torch.Tensor]] = []
+        self.states: dict[int, torch.Tensor] = {}
+        device = start.device.type  # recompute under the forward's autocast, so the values are the forward's
+        self.autocast = (device, torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
+
+    def state(self, k: int) -> torch.Tensor:
+        """H_k, recomputed from H_0 with the connections' forward (no graph); all states up to k are computed once
+        and then held until the segment's backward is over (backward asks for the last one first)."""
+        if k not in self.states:
+            autocast = torch.autocast(*self.autocast) if self.autocast else contextlib.nullcontext()
+            with torch.no_grad(), autocast:
+                H, start = self.start, max((j for j in self.states if j < k), default=0)
+                H = self.states.get(start, H)
+                for j in range(start, k):
+                    connection, y = self.steps[j]
+                    _, R, beta = connection.width_connection(H)
+                    H = self.states[j + 1] = connection.depth_connection(y, R, beta)
+        return self.states[k]
+
+
+class StreamRecompute:
+    """Keep the stream state H for backward only at the start of every `segment` sub-layers and recompute the
+    states in between from it in the backward pass (the mHC paper's recomputation, Sec. 4.3: it stores the input
+    of every L_r consecutive layers and picks L_r ~ sqrt(nL / (n + 2))).
+
+    Every saved tensor passes through a saved-tensor hook: a tensor whose storage is a stream state inside a
+    segment is replaced by a token (segment, index, view), and backward rebuilds it by rerunning the width and depth
+    connections from the segment's start with the branch outputs y it kept. The branches themselves are not
+    recomputed. Exact: the recomputation repeats the forward's operations on the same values. Eager only (the
+    models do not enter it under torch.compile), and `segment` must keep a segment inside what is gathered
+    together under FSDP (the models align segments to blocks, FSDP's unit here).
+    """
+
+    active: "StreamRecompute | None" = None
+
+    def __init__(self, segment: int):
+        if segment < 1:
+            raise ValueError(f"StreamRecompute(segment={segment}): a segment holds at least one sub-layer")
+        self.segment = segment
+        self.current: _Segment | None = None
+        self.states: dict[int, tuple[object, _Segment, int]] = {}  # storage address -> (weak tensor, segment, k)
+
+    def __enter__(self) -> "StreamRecompute":
+        self.outer, StreamRecompute.active = StreamRecompute.active, self
+        self.hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self.hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.hooks.__exit__(*exc)
+        StreamRecompute.active = self.outer
+        self.states.clear()  # the tokens in the graph hold what backward needs
+
+    def record(self, connection: "StreamConnection", H: torch.Tensor, y: torch.Tensor, out: torch.Tensor) -> None:
+        """Called by each sub-layer after its forward: H its input, y its branch output, out = H'."""
+        if self.current is None or len(self.current.steps) == self.segment:
+            self.current = _Segment(H)
+        self.current.steps.append((connection, y))
+        if len(self.current.steps) < self.segment:  # else `out` starts the next segment and is kept as it is
+            self.states[out.untyped_storage().data_ptr()] = (weakref.ref(out), self.current, len(self.current.steps))
+
+    def _pack(self, t: torch.Tensor):
+        entry = self.states.get(t.untyped_storage().data_ptr()) if type(t) is torch.Tensor else None
+        if entry is None or entry[0]() is None:  # not a stream state (or a freed one whose address was reused)
+            if _saved_observer is not None:
+                _saved_observer(t)
+            return t
+        return entry[1], entry[2], t.shape, t.stride(), t.storage_offset()
+
+    @staticmethod
+    def _unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        segment, k, shape, stride, offset = packed
+        return segment.state(k).as_strided(shape, stride, offset)
+
+
+def recompute_segment(hc: "HCConfig", n_blocks: int) -> int:
+    """Blocks per recomputation segment: the mHC paper's L_r ~ sqrt(nL / (n + 2)) over L = 2 * n_blocks sub-layers,
+    in whole blocks (at least one)."""
+    n = hc.expansion_rate
+    return max(1, round(math.sqrt(n * 2 * n_blocks / (n + 2)) / 2))
+
+
+def stream_recompute(hc: "HCConfig", blocks: nn.ModuleList):
+    """The context a model's block loop runs in: StreamRecompute when `hc.recompute` asks for it and the forward
+    builds a graph in eager mode, nothing otherwise. Segments are whole blocks; blocks wrapped by FSDP get one block
+    per segment (a segment's parameters must be gathered while its backward runs)."""
+    from lit_hc.layers import Block  # lit_hc.layers imports this module
+
+    if not (hc.recompute and hc.kind != "residual" and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()):
+        return contextlib.nullcontext()
+    wrapped = any(not isinstance(block, Block) for block in blocks)
+    return StreamRecompute(2 * (1 if wrapped else recompute_segment(hc, len(blocks))))
+
+
 class StreamConnection(nn.Module):
     """Common interface: forward(H, branch) = depth_connection(branch(x), R, beta) with x, R, beta = width(H)."""
 
@@ -330,8 +473,9 @@ class StreamConnection(nn.Module):
         raise NotImplementedError
 
     def width(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """width_connection(H); with `recompute`, only H is kept for backward (torch.utils.checkpoint)."""
-        if self.recompute and torch.is_grad_enabled():
+        """width_connection(H). With `recompute`: inside a model's StreamRecompute, plain (the recomputation there
+        covers it); alone (e.g. injected into another model), only H is kept for backward (torch.utils.checkpoint)."""
+        if self.recompute and torch.is_grad_enabled() and StreamRecompute.active is None:
             return checkpoint(self.width_connection, H, use_reentrant=False)
         return self.width_connection(H)
 
@@ -342,7 +486,11 @@ class StreamConnection(nn.Module):
 
     def forward(self, H: torch.Tensor, branch: Branch) -> torch.Tensor:
         x, R, beta = self.width(H)
-        return self.depth_connection(branch(x), R, beta)
+        y = branch(x)
+        out = self.depth_connection(y, R, beta)
+        if StreamRecompute.active is not None:
+            StreamRecompute.active.record(self, H, y, out)
+        return out
 
     def connection_matrix(self, H: torch.Tensor) -> torch.Tensor:
         """The paper's (n+1)x(n+1) HC matrix per token, (..., n+1, n+1): [[0, B], [A_m, A_r]].
@@ -427,7 +575,8 @@ class HyperConnection(StreamConnection):
             # the plain ops below.
             return _DynamicWidth.apply(H, self.norm.weight, self.norm.bias, self.dynamic_weight(), self.static_alpha,
                                        self.static_beta, self.dynamic_alpha_scale, self.dynamic_beta_scale,
-                                       isinstance(self.act, nn.Tanh), self.norm.eps)
+                                       isinstance(self.act, nn.Tanh), self.norm.eps,
+                                       self.recompute and StreamRecompute.active is not None)
         alpha, beta = self.coefficients(H)
         x, R = stream_mix(H, alpha)  # (n+1, n) @ (..., n, d) -> (..., n+1, d) = [x; R]
         return x, R, beta

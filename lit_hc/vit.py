@@ -13,7 +13,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
 
 from lit_hc.checks import one_of, positive, probability
-from lit_hc.hyper_connections import HCConfig, expand_streams, reduce_streams
+from lit_hc.hyper_connections import HCConfig, expand_streams, reduce_streams, stream_recompute
 from lit_hc.layers import Block, layer_norm
 
 
@@ -105,8 +105,9 @@ class ViT(nn.Module):
         x = self.patch_embed(images)  # (b, t-1, d)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed  # (b, t, d)
         H = expand_streams(self.pos_drop(x), self.config.hc.expansion_rate)  # (b, t, n, d)
-        for block in self.blocks:
-            H = block(H)
+        with stream_recompute(self.config.hc, self.blocks):
+            for block in self.blocks:
+                H = block(H)
         x = self.norm(reduce_streams(H))  # (b, t, d)
         x = x[:, 0] if self.config.global_pool == "token" else x[:, 1:].mean(dim=1)
         return self.head(x)

@@ -36,6 +36,19 @@ def test_base_configs_parse(capsys, base):
     config = print_config(capsys, base)
     assert config["model"]["init_args"]["hc"]["kind"] == "residual"  # bases are the baseline
     assert config["seed_everything"] == 0
+    # the CLI's default callbacks, then the base's own checkpointing (`callbacks+:` adds to the defaults)
+    callbacks = [cb["class_path"].rsplit(".", 1)[-1] for cb in config["trainer"]["callbacks"]]
+    assert callbacks == ["CheckpointOnException", "NonFiniteGuard", "LearningRateMonitor", "ModelCheckpoint"]
+    assert config["trainer"]["callbacks"][1]["init_args"]["action"] == "stop"
+
+
+def test_a_config_that_lists_callbacks_gets_exactly_those(capsys, tmp_path):
+    only = tmp_path / "only-checkpoint.yaml"
+    only.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"every_n_train_steps": 1}}]}}))
+    config = print_config(capsys, "lm/base.yaml", str(only))  # an absolute path: CONFIGS / it is it
+    assert [cb["class_path"] for cb in config["trainer"]["callbacks"]] == ["lightning.pytorch.callbacks.ModelCheckpoint"]
+    assert config["trainer"]["callbacks"][0]["init_args"]["every_n_train_steps"] == 1
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

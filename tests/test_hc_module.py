@@ -257,31 +257,98 @@ def test_block_compiles_without_graph_breaks(name):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["dhc4", "mhc4"])
-def test_recompute_gives_the_same_values_and_keeps_less(name):
-    """HCConfig.recompute: the same loss and gradients (float64, random non-init parameters), and fewer bytes
-    kept for backward (only H of each width connection)."""
+def _recompute_pair(name: str, task: str, n_layer: int):
+    """The same model (float64, random non-init parameters) without and with HCConfig.recompute, and an input."""
     import dataclasses
 
-    from lit_hc import GPT, GPTConfig, HCConfig
-    from lit_hc.analysis import saved_activation_bytes
+    from lit_hc import GPT, GPTConfig, HCConfig, ViT, ViTConfig
 
     models = []
     for recompute in (False, True):
         torch.manual_seed(0)
         hc = dataclasses.replace(HCConfig.from_name(name), recompute=recompute)
-        models.append(GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=2, n_head=2, n_embd=16, hc=hc)).double())
+        models.append((GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=n_layer, n_head=2, n_embd=16, hc=hc))
+                       if task == "lm" else ViT(ViTConfig(image_size=8, patch_size=4, dim=16, depth=n_layer, heads=2,
+                                                          num_classes=5, hc=hc))).double())
     _randomize(models[0], scale=0.05)
     models[1].load_state_dict(models[0].state_dict())
-    idx = torch.randint(0, 32, (3, 8), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 32, (3, 8), generator=g) if task == "lm" else torch.randn(3, 3, 8, 8, generator=g).double()
+    return models, x
+
+
+@pytest.mark.parametrize("task", ["lm", "vit"])
+@pytest.mark.parametrize("name", ["dhc4", "shc4", "mhc4"])
+def test_recompute_gives_the_same_values_and_keeps_one_stream_state_per_segment(name, task):
+    """HCConfig.recompute: the same loss and gradients, bit for bit (the recomputation repeats the forward's
+    operations); and of the 2L stream states H that the width connections save, only the first of every segment
+    is kept (the mHC paper's recomputation, Sec. 4.3): exactly (2L - segments) states fewer bytes (and, for DHC's
+    fused width connection, its per-token coefficients, which its backward recomputes from H)."""
+    from lit_hc.analysis import saved_activation_bytes
+    from lit_hc.hyper_connections import recompute_segment
+
+    n_layer = 8
+    models, x = _recompute_pair(name, task, n_layer)
+    results = []
+    for model in models:
+        out = model(x)
+        loss = out.flatten(0, -2).logsumexp(-1).mean() + out.pow(2).mean()
+        results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+    for a, b in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    segment = recompute_segment(models[1].config.hc, n_layer)
+    assert segment == 2  # round(sqrt(4 * 16 / 6) / 2) blocks: the states of 3 of every 4 sub-layers are dropped
+    tokens = x.shape[0] * (8 if task == "lm" else 1 + (8 // 4) ** 2)
+    state_bytes = tokens * 4 * 16 * 8  # (tokens, n = 4, d = 16) in float64
+    dropped = (2 * n_layer - n_layer // segment) * state_bytes
+    if name == "dhc4":  # the fused width connection, lean: also its statistics, coefficients and gained weight
+        n, d = 4, 16
+        dropped += 2 * n_layer * (tokens * (2 * n + n * (n + 2) + n * (n + 1)) + d * (n + 2)) * 8
+    kept, full = saved_activation_bytes(models[1], x), saved_activation_bytes(models[0], x)
+    if name == "mhc4":  # its norm's input is a flattened view of H (dropped) beside tensors derived from H (kept)
+        assert full - kept >= dropped
+    else:
+        assert full - kept == dropped
+
+
+def test_recompute_under_autocast_recomputes_in_the_forwards_precision():
+    """Under bf16 autocast the states are recomputed in autocast too, so the gradients equal those without
+    recomputation (a recomputation in float32 would give other values)."""
+    models, x = _recompute_pair("dhc4", "lm", 4)
     grads = []
     for model in models:
-        loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
-        grads.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
-    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=0)
-    for a, b in zip(grads[1][1], grads[0][1]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    assert saved_activation_bytes(models[1], idx) < 0.8 * saved_activation_bytes(models[0], idx)
+        model.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().pow(2).mean()
+        grads.append(torch.autograd.grad(loss, list(model.parameters())))
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_recompute_segments_stay_inside_a_wrapped_block():
+    """Blocks wrapped by another module (FSDP's unit) get one block per segment: a segment's backward must not need
+    another wrapper's parameters. Unwrapped, the mHC paper's sqrt rule in whole blocks."""
+    import dataclasses
+
+    from lit_hc import GPT, GPTConfig, HCConfig
+    from lit_hc.hyper_connections import StreamRecompute, stream_recompute
+
+    hc = dataclasses.replace(HCConfig.from_name("dhc4"), recompute=True)
+    model = GPT(GPTConfig(vocab_size=32, block_size=8, n_layer=32, n_head=2, n_embd=16, hc=hc))
+    context = stream_recompute(hc, model.blocks)
+    assert isinstance(context, StreamRecompute) and context.segment == 2 * 3  # round(sqrt(4 * 64 / 6) / 2) = 3 blocks
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+    wrapped = torch.nn.ModuleList(Wrapper(b) for b in model.blocks)
+    assert stream_recompute(hc, wrapped).segment == 2
+    with torch.no_grad():
+        assert not isinstance(stream_recompute(hc, model.blocks), StreamRecompute)  # nothing to keep without a graph
+    assert not isinstance(stream_recompute(dataclasses.replace(hc, recompute=False), model.blocks), StreamRecompute)
 
 
 @pytest.mark.parametrize("affine,bias", [(True, True), (True, False), (False, False)],
@@ -292,13 +359,20 @@ def test_fused_dhc_width_connection_equals_the_plain_ops(affine, bias):
     use), forward and gradients, for every LayerNorm the models build."""
     from functools import partial
 
+    from contextlib import nullcontext
+
+    from lit_hc.hyper_connections import StreamRecompute
+
     norm_layer = partial(torch.nn.LayerNorm, elementwise_affine=affine, bias=bias)
-    for use_tanh in (True, False):
+    for use_tanh, lean in ((True, False), (False, False), (True, True)):
         m = HyperConnection(D, N, layer_idx=2, use_tanh=use_tanh, norm_layer=norm_layer).double()
+        m.recompute = lean  # under a model's StreamRecompute: saves only H, recomputes the coefficients in backward
         _randomize(m)
         H = torch.randn(2, 5, N, D, dtype=torch.float64, requires_grad=True)
-        fused = m.width_connection(H)
+        with StreamRecompute(2) if lean else nullcontext():
+            fused = m.width_connection(H)
         assert type(fused[1].grad_fn).__name__ == "_DynamicWidthBackward"  # the fused path ran
+        assert fused[1].grad_fn.lean is lean and len(fused[1].grad_fn.saved_tensors) == (8 if lean else 11)
         plain = _compiled_form(m.width_connection)(H)
         weights = [torch.randn_like(o) for o in fused]
         inputs = [H, *(p for p in m.parameters() if p.requires_grad)]
