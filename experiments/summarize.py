@@ -415,7 +415,8 @@ def depth_markdown(study: Study, rows: list[dict], command: str, provenance: lis
     b, k = study.budget, study.base_knobs
     steps = k.get("steps", b.steps)  # a study's base knobs can lengthen its budget (the warmup stays the budget's)
     warmup = f"warmup {max(1, b.steps // 10)} steps then cosine to {0.05 if vit else 0.1:g}x"
-    regime = (f"ViT on the generated shapes (10 classes, 32 px, {10 * k.get('train', 500):,} training and 3,000 "
+    images = "shape pairs (two shapes per image, the class is the unordered pair; " if k.get("obj") == 2 else "shapes ("
+    regime = (f"ViT on the generated {images}10 classes, 32 px, {10 * k.get('train', 500):,} training and 3,000 "
               f"validation images), patch 4, width {k.get('d')}, 4 heads, MLP ratio 2, {steps:,} steps x "
               f"{b.batch_size} images = {steps * b.batch_size:,} images per run, AdamW lr {k.get('lr'):g}, {warmup}"
               if vit else
