@@ -376,8 +376,8 @@ class _Segment:
         if k not in self.states:
             autocast = torch.autocast(*self.autocast) if self.autocast else contextlib.nullcontext()
             with torch.no_grad(), autocast:
-                H, start = self.start, max((j for j in self.states if j < k), default=0)
-                H = self.states.get(start, H)
+                start = max((j for j in self.states if j < k), default=0)  # the latest state already rebuilt
+                H = self.states.get(start, self.start)
                 for j in range(start, k):
                     connection, y = self.steps[j]
                     _, R, beta = connection.width_connection(H)
