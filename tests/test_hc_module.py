@@ -306,10 +306,45 @@ def test_recompute_gives_the_same_values_and_keeps_one_stream_state_per_segment(
         n, d = 4, 16
         dropped += 2 * n_layer * (tokens * (2 * n + n * (n + 2) + n * (n + 1)) + d * (n + 2)) * 8
     kept, full = saved_activation_bytes(models[1], x), saved_activation_bytes(models[0], x)
-    if name == "mhc4":  # its norm's input is a flattened view of H (dropped) beside tensors derived from H (kept)
-        assert full - kept >= dropped
-    else:
+    if name != "mhc4":  # mHC: test_mhc_recompute_keeps_only_its_mixing_matrix_beyond_dhc
         assert full - kept == dropped
+
+
+@pytest.mark.parametrize("task", ["lm", "vit"])
+def test_mhc_recompute_keeps_only_its_mixing_matrix_beyond_dhc(task):
+    """With recompute, mHC's coefficients (RMSNorm of vec(H), projection, sigmoids, Sinkhorn) are recomputed from H
+    in backward, like DHC's in its fused Function: what mHC x4 then keeps beyond DHC x4 is exactly the per-token
+    mixing matrix [H_pre^T | H_res^T] (n, n+1) its mix saves, less DHC's (d, n+2) gained weight, per sub-layer."""
+    from lit_hc.analysis import saved_activation_bytes
+
+    n_layer, n, d = 8, 4, 16
+    (_, mhc), x = _recompute_pair("mhc4", task, n_layer)
+    (_, dhc), _ = _recompute_pair("dhc4", task, n_layer)
+    tokens = x.shape[0] * (8 if task == "lm" else 1 + (8 // 4) ** 2)
+    extra = 2 * n_layer * (tokens * n * (n + 1) - d * (n + 2)) * 8  # float64
+    assert saved_activation_bytes(mhc, x) - saved_activation_bytes(dhc, x) == extra
+
+
+def test_recompute_in_bfloat16_recomputes_the_plain_path_coefficients():
+    """A bf16 model (H in 16 bits) runs DHC's width connection as plain ops, not the fused Function; with recompute
+    its coefficients are recomputed from H in backward, as mHC's are. The same loss and gradients bit for bit; and
+    DHC x4 then keeps exactly the bytes mHC x4 keeps (each: per sub-layer, its (n, n+1) mixing matrix and n depth
+    weights; without the recomputation of the coefficients DHC keeps its norm's output and statistics besides)."""
+    from lit_hc.analysis import saved_activation_bytes
+
+    kept = {}
+    for name in ("dhc4", "mhc4"):
+        models, x = _recompute_pair(name, "lm", 8)
+        results = []
+        for model in models:
+            model.bfloat16()
+            loss = model(x).float().logsumexp(-1).mean()
+            results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=0, atol=0)
+        for a, b in zip(results[1][1], results[0][1]):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        kept[name] = saved_activation_bytes(models[1], x)
+    assert kept["dhc4"] == kept["mhc4"]
 
 
 def test_recompute_under_autocast_recomputes_in_the_forwards_precision():
