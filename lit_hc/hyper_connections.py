@@ -221,12 +221,14 @@ class _StreamAdd(torch.autograd.Function):
 
 
 def _thin_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a (m, k) @ b (k, j) for a j of a few columns (DHC's n + 2 coefficients). On CPU as (b^T a^T)^T: MKL's sgemm
-    takes a slow path for a product only a few columns wide, the transposed one a fast path (one thread, m = 8192
-    rows, j = 6: 0.68 against 0.23 ms at k = 64, 14.6 against 2.0 ms at k = 256, 14.6 against 1.3 ms at k = 1024;
-    likewise H^T G, k x m @ m x j, against (G^T H)^T: 16.7 against 0.95 ms at k = 256). The values differ from
-    a @ b only in the order of the sums."""
-    if a.device.type != "cpu":
+    """a (m, k) @ b (k, j) for a result only a few columns wide (DHC's n + 2 coefficients, mHC's 2n + n^2).
+
+    On CPU computed as (b^T a^T)^T: MKL's sgemm takes a slow path for a result j columns wide and a fast one for the
+    transposed product (one thread, m = 8192, j = 6: 0.68 against 0.23 ms at k = 64, 14.6 against 2.0 ms at k = 256
+    and 1,024; mHC's m = 2048, k = 1024, j = 24: 14.1 against 6.6 ms). Autograd then forms b's gradient as
+    (G^T a)^T, not a^T G, which is slow the same way (16.7 against 0.95 ms at k = 256). The values differ from a @ b
+    only in the order of the sums."""
+    if a.device.type != "cpu" or torch.compiler.is_compiling():  # cuBLAS and inductor choose their own layouts
         return a @ b
     return (b.T @ a.T).T.contiguous()
 
@@ -728,7 +730,8 @@ class ManifoldHyperConnection(StreamConnection):
         # fused kernels (arXiv:2512.24880, infrastructure design). One reduction reads H for rms(v).
         v = H.flatten(-2)  # (..., n*d)
         mean_square = torch.linalg.vector_norm(v, dim=-1, keepdim=True).square() / v.shape[-1]
-        proj = (v @ self.phi) * torch.rsqrt(mean_square + torch.finfo(v.dtype).eps)  # (..., 2n+n^2)
+        proj = _thin_matmul(v.reshape(-1, v.shape[-1]), self.phi).view(*v.shape[:-1], -1)  # (..., 2n+n^2)
+        proj = proj * torch.rsqrt(mean_square + torch.finfo(v.dtype).eps)
         h_pre = torch.sigmoid(self.a_pre * proj[..., :n] + self.b_pre)
         h_post = 2 * torch.sigmoid(self.a_post * proj[..., n : 2 * n] + self.b_post)
         res_logits = self.a_res * proj[..., 2 * n :].unflatten(-1, (n, n)) + self.b_res
