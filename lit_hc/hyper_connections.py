@@ -499,13 +499,14 @@ class StreamConnection(nn.Module):
         derived from H for backward (H itself is dropped by the StreamRecompute and rebuilt)."""
         return self.recompute and StreamRecompute.active is not None and torch.is_grad_enabled()
 
-    def lean_coefficients(self, coefficients: Callable[[torch.Tensor], tuple], H: torch.Tensor) -> tuple:
-        """`coefficients(H)`, but where `lean()`, through torch.utils.checkpoint: backward recomputes them from H,
-        so the per-token intermediates of the norm, projection and activations (and mHC's Sinkhorn input) are not
-        kept; only the coefficients the mix and the depth connection save are. No randomness, so no RNG state."""
+    def lean_coefficients(self, H: torch.Tensor) -> tuple:
+        """The subclass's per-token `coefficients(H)`, but where `lean()` through torch.utils.checkpoint: backward
+        recomputes them from H, so the intermediates of the norm, projection and activations (and mHC's Sinkhorn
+        input) are not kept, only the coefficients the mix and the depth connection save. No randomness, so no RNG
+        state."""
         if self.lean():
-            return checkpoint(coefficients, H, use_reentrant=False, preserve_rng_state=False)
-        return coefficients(H)
+            return checkpoint(self.coefficients, H, use_reentrant=False, preserve_rng_state=False)
+        return self.coefficients(H)
 
     @staticmethod
     def depth_connection(y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -604,7 +605,7 @@ class HyperConnection(StreamConnection):
             return _DynamicWidth.apply(H, self.norm.weight, self.norm.bias, self.dynamic_weight(), self.static_alpha,
                                        self.static_beta, self.dynamic_alpha_scale, self.dynamic_beta_scale,
                                        isinstance(self.act, nn.Tanh), self.norm.eps, self.lean())
-        alpha, beta = self.lean_coefficients(self.coefficients, H) if self.dynamic else self.coefficients(H)
+        alpha, beta = self.lean_coefficients(H) if self.dynamic else self.coefficients(H)
         x, R = stream_mix(H, alpha)  # (n+1, n) @ (..., n, d) -> (..., n+1, d) = [x; R]
         return x, R, beta
 
@@ -738,7 +739,7 @@ class ManifoldHyperConnection(StreamConnection):
         return h_pre, h_post, sinkhorn_knopp(res_logits, self.sinkhorn_iters)
 
     def width_connection(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h_pre, h_post, h_res = self.lean_coefficients(self.coefficients, H)
+        h_pre, h_post, h_res = self.lean_coefficients(H)
         # One mixing matrix in HC's layout, alpha = [H_pre^T | H_res^T]: x = H_pre H, R = H_res H.
         x, R = stream_mix(H, torch.cat([h_pre.unsqueeze(-1), h_res.transpose(-1, -2)], -1))
         return x, R, h_post
