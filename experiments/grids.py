@@ -113,30 +113,40 @@ DEPTHS = (4, 8, 16, 32)
 # difference instead of 1.6 points each), patch 4 (64 tokens), width 64, 4 heads, MLP ratio 2, batch 64, 600 steps
 # (38,400 images, 7.7 epochs), AdamW 2e-3 (the base config's LR, fixed before any HC run), warmup 60 steps then
 # cosine to 0.05x. Step time on this 2-core CPU, residual / DHC x4 (a 60-step probe, medians of 12 logged rates):
-# L=4 0.079 / 0.156 s, L=12 0.219 / 0.415 s. Depths run 12 first (the main grid's), then 4, then 8.
+# L=4 0.079 / 0.156 s, L=12 0.219 / 0.415 s, L=24 ~0.4 / ~0.84 s. Depths run 24 first (the main grid's), then 12, 4, 8.
 VIT_BUDGET = Budget(steps=600, batch_size=64, val_every=100)
 VIT_WIDTH, VIT_LR = 64, 2e-3
-VIT_DEPTHS = (12, 4, 8)
-VIT_MAIN_DEPTH = 12
-# At 600 steps the baseline gained nothing from depth (final val loss 0.917 / 0.878 / 0.927 at L = 4 / 8 / 12,
-# seeds 0-2; results/vit/regime-600), so that regime cannot test HC's depth argument: every model was still
-# learning (val loss falling ~0.07 per 100 steps at the end). The ViT studies therefore train 3x longer on 3x the
-# images (1,800 steps x 64 = 115,200 images, 7.7 epochs of 15,000, the same epochs as before), with the base
-# budget's warmup (60 steps) and validation interval. These knobs are in every ViT run's name.
+# History of the ViT regime (each decided on seeds 0-2; tables in results/vit/regime-*):
+# - 600 steps, L = 12, 4, 8: the baseline gained nothing from depth (final val loss 0.917 / 0.878 / 0.927 at
+#   L = 4 / 8 / 12) and DHC x4 - residual went +0.119, +0.024, +0.006: HC's standing improving with depth, as in
+#   the LM, but no gain (results/vit/regime-600; a main grid at L = 12 confirmed no effect on seeds 3-5).
+# - 1,800 steps on 3x the images (VIT_REGIME_1800, single shapes): depth paid the baseline only weakly (L12 - L4:
+#   -0.045, +0.004, -0.040) and DHC x4 gained nothing at 4 or 12 layers (results/vit/regime-1800).
+# - Shape pairs, 1,800 steps (VIT_REGIME_PAIRS; lit_hc.data.shapes): 12 layers worse than 4 for the baseline on 2 of
+#   3 seeds, seed spread 0.15, DHC x4 - residual +0.087 [-0.384, +0.558] at L = 12; twice the LR made the 12-layer
+#   baseline far worse (results/vit/regime-pairs).
+# - 600 steps again, extended to L = 24 as the LM's depth study reaches 32 (branch vit600-L24, the old regime's code):
+#   the baseline collapses with depth (1.593 / 1.351 / 1.301 on seeds 0-2, against 0.88-0.93 at 4-12 layers) and
+#   DHC x4 does not (0.753 / 0.925 / 0.774): paired -0.840, -0.426, -0.527 = -0.597 [-1.134, -0.060], 3/3 seeds.
+#   That is the LM's finding (HC's gain grows with depth, the baseline worsening with it) and an effect 4x the
+#   baseline's seed spread (0.157). So the ViT studies return to the 600-step single-shape regime with depths up
+#   to 24, and the main grid and its controls run at L = 24. The knobs `steps600-train500` are in every run's name,
+#   so that runs of this code never share a folder with the old code's runs of the same settings (which have no
+#   such knobs in their names).
+VIT_DEPTHS = (24, 12, 4, 8)
+VIT_MAIN_DEPTH = 24
 VIT_REGIME_1800 = {"steps": 1800, "train": 1500}
-# In that regime depth paid the baseline only weakly (L12 - L4: -0.045, +0.004, -0.040 on seeds 0-2; the rule
-# "L = 12 beats L = 4 on every seed 0-2 by more than twice the larger seed std" was not met) and DHC x4 showed no
-# gain at 4 or 12 layers (results/vit/regime-1800). One shape per image may simply not need depth. The ViT studies
-# now classify *pairs* of shapes (10 classes: both objects must be recognised and combined), same steps and
-# training-set size (1,500 per class), decided by the same rule on seeds 0-2. A first pairs task (all six shapes,
-# 21 classes, smaller objects) was too hard: the 12-layer baseline reached 13% top-1 (val loss 2.71, chance 3.04)
-# after 1,800 steps on seed 0, so the task was made easier before any other run (lit_hc.data.shapes).
-# Outcome (results/vit/depth, seeds 0-2): the baseline's L12 - L4 = +0.076, +0.136, -0.138, so the rule is not met
-# either (12 layers are worse on 2 of 3 seeds), and the seed spread at L = 12 is 0.15. These stay the ViT studies'
-# settings until a regime meets the rule (next: pairs trained to convergence, a GPU-sized job).
-VIT_REGIME = {"steps": 1800, "train": 1500, "obj": 2}
-# DHC x4's step time over the baseline's at VIT_MAIN_DEPTH in that probe: 0.415 / 0.219 = 1.89.
-VIT_TIME_RATIO = 1.9
+VIT_REGIME_PAIRS = {"steps": 1800, "train": 1500, "obj": 2}
+VIT_REGIME = {"steps": 600, "train": 500}
+# The ViT main grid's LR: the baseline's best in the controls' LR sweep at L = 24 (seeds 0-1; results/README.md 4a):
+# 0.5x (residual 0.920 / 0.943 against 1.593 / 1.351 at 1x). DHC x4's best there is 1x (0.753 against 0.877 at
+# 0.5x on seed 0), so the grid also runs DHC x4 at its own LR on every seed of the headline pair: the comparison at
+# each arm's best LR gets its confirmation seeds too.
+VIT_MAIN_LR = VIT_LR / 2
+VIT_DHC4_OWN_LR = VIT_LR
+# DHC x4's step time over the baseline's at L = 24 in the clean runs of that study (seeds 1-2: 0.844 / 0.415,
+# 0.837 / 0.358 s): 2.0-2.3, so the equal-wall-clock control gives the baseline 2x the steps.
+VIT_TIME_RATIO = 2.0
 
 QUICK_OVERRIDES = {
     "lm": ("--model.init_args.arch.n_head", "2", "--data.init_args.block_size", "32",
@@ -214,7 +224,8 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
       (seeds 0-2). LM: 0.5x was worse than 1x for both arms on both seeds (residual 2.250, 2.239 vs 2.162,
       2.111; DHC x4 2.184 vs 2.062 on seed 0), so the sweep extends upwards (4x) instead of to 0.25x; 2x then
       beat 1x for both arms (seeds 0-1: residual 2.060 vs 2.137, DHC x4 1.946 vs 2.040), so 4x ran next, before
-      the other controls. ViT: 2x, then 0.5x;
+      the other controls. ViT: at L = 12 (600 steps) 2x, then 0.5x, 1x being the best for both arms; at
+      L = 24 0.5x first (is the 24-layer baseline only trained at too high an LR?), then 2x;
     - output-init confound: the baseline with DHC x4's halved output-projection init; DHC x4 without it;
     - parameters: the baseline one block deeper, more parameters than DHC x4 adds.
 
@@ -222,7 +233,7 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
     """
     main_depth, width, lr, budget, factors, regime = (
         (LM_MAIN_DEPTH, LM_WIDTH, LM_LR, LM_BUDGET, (0.5, 2.0, 4.0), {}) if task == "lm"
-        else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (2.0, 0.5), VIT_REGIME))
+        else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (0.5, 2.0), VIT_REGIME))
     L, seeds = (main_depth, (0, 1, 2))
     if quick:
         L, width, seeds, budget, regime = 2, 32, (0, 1), QUICK_BUDGET[task], {}
@@ -274,14 +285,15 @@ MHC_LR_FACTORS, MHC_LR_SEEDS = (0.5, 2.0), (0, 1)
 
 def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Study:
     """The baseline-vs-HC grid of a task: every variant, paired by seed, in the regime its depth study chose (LM:
-    LM_MAIN_DEPTH at LM_MAIN_LR; ViT: VIT_MAIN_DEPTH at VIT_LR in VIT_REGIME), plus controls on the choice seeds
-    at the grid's own settings: cost (the baseline trained for DHC x4's wall-clock time, `residual-steps1100` for
-    the LM), parameters and output init (`confound_controls`)."""
+    LM_MAIN_DEPTH at LM_MAIN_LR; ViT: VIT_MAIN_DEPTH at VIT_MAIN_LR in VIT_REGIME, and DHC x4 also at its own best
+    LR), plus controls on the choice seeds at the grid's own settings: cost (the baseline trained for DHC x4's
+    wall-clock time, `residual-steps1100` for the LM), parameters and output init (`confound_controls`)."""
     if task == "lm":
         knobs, budget, ratio = {"L": LM_MAIN_DEPTH, "d": LM_WIDTH, "lr": LM_MAIN_LR}, LM_BUDGET, LM_TIME_RATIO
     else:
-        knobs = {"L": VIT_MAIN_DEPTH, "d": VIT_WIDTH, "lr": VIT_LR, **VIT_REGIME}
+        knobs = {"L": VIT_MAIN_DEPTH, "d": VIT_WIDTH, "lr": VIT_MAIN_LR, **VIT_REGIME}
         budget, ratio = VIT_BUDGET, VIT_TIME_RATIO
+    own_lr = VIT_DHC4_OWN_LR if task == "vit" and not quick else None
     grid, choice, confirm = MAIN_SEEDS, CHOICE_SEEDS, CONFIRM_SEEDS
     if quick:  # a test-sized smoke: the same variants, at most 2 seeds
         knobs, budget = {"L": 1, "d": 32}, QUICK_BUDGET[task]
@@ -295,6 +307,8 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
     headline = [v for v in ("residual", "dhc4") if v in counts]
     for s in range(max(counts.values())):
         runs += [run(task, v, s, **knobs) for v in headline if s < counts[v]]
+        if own_lr and s < counts["dhc4"]:
+            runs.append(run(task, "dhc4", s, **(knobs | {"lr": own_lr})))
         if s in choice:
             runs.append(run(task, "residual", s, **(knobs | {"steps": longer})))
     # Then the confound controls at the grid's own settings (its LR can differ from the controls study's), on the
@@ -310,8 +324,10 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
         secondary += tuple((f"mhc4-lr{lr:g}", ref, f"mHC x4's own LR: at {f:g}x the grid's LR, against {what}")
                            for f, lr in zip(MHC_LR_FACTORS, lrs)
                            for ref, what in (("mhc4", "mHC x4 at the grid's"), ("dhc4", "DHC x4")))
+    own = ((f"dhc4-lr{own_lr:g}", "residual", f"each arm at its own best LR: DHC x4 at {own_lr:g}, the baseline at "
+            f"the grid's {knobs['lr']:g}"),) if own_lr else ()
     comparisons = (("dhc4", f"residual-steps{longer}", f"equal wall-clock: DHC x4 ({steps} steps) against the "
-                    f"baseline given {ratio:g}x the steps"), *controls, *secondary)
+                    f"baseline given {ratio:g}x the steps"), *own, *controls, *secondary)
     return Study("main", task, budget, tuple(runs), choice_seeds=choice, confirm_seeds=confirm,
                  about="every residual variant against the baseline, paired by seed", base_knobs=knobs,
                  comparisons=comparisons)

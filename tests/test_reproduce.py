@@ -134,15 +134,21 @@ def test_vit_studies_share_one_regime_named_in_every_run():
 
     studies = [depth_study("vit"), controls_study("vit"), main_study("vit")]
     for study in studies:
-        for r in study.runs:  # the dataset size and the length are in every name, so no folder of the
-            assert r.knob("train") == VIT_REGIME["train"]  # 600-step regime can be reused by mistake
-            assert f"train{VIT_REGIME['train']}" in r.name and "-steps" in r.name
-            assert r.knob("obj") == VIT_REGIME["obj"] == 2 and "-obj2-" in r.name  # the shape-pairs task
+        for r in study.runs:  # the dataset size and the length are in every name, so no folder of the old code's
+            assert r.knob("train") == VIT_REGIME["train"] == 500  # runs of the same settings (named without
+            assert "-train500-" in r.name and "-steps" in r.name  # them) can be reused by mistake
+            assert r.knob("obj") is None and "-obj" not in r.name  # one shape per image
+    assert {r.knob("L") for r in depth_study("vit").runs} == {4, 8, 12, 24}
     main = main_study("vit")
+    assert {r.knob("L") for r in main.runs if r.variant == "dhc4"} == {24}
+    names = {r.name for r in main.runs}  # the grid at the baseline's best LR, DHC x4 at its own too, every seed
+    assert {f"{v}-L24-d64-lr0.001-steps600-train500-s{s}" for v in ("residual", "dhc4") for s in range(6)} <= names
+    assert {n for n in names if n.startswith("dhc4-L24-d64-lr0.002")} == {f"dhc4-L24-d64-lr0.002-steps600-train500-s{s}" for s in range(6)}
+    assert main.comparisons[1][:2] == ("dhc4-lr0.002", "residual")
     longer = {r.knob("steps") for r in main.runs} - {VIT_REGIME["steps"]}
-    assert longer == {3400}  # the cost control: 1.9 x 1,800 steps, rounded to the 100-step validation interval
-    assert main.comparisons[0][:2] == ("dhc4", "residual-steps3400")
-    assert "(1800 steps)" in main.comparisons[0][2]
+    assert longer == {1200}  # the cost control: 2 x 600 steps, a whole number of 100-step validation intervals
+    assert main.comparisons[0][:2] == ("dhc4", "residual-steps1200")
+    assert "(600 steps)" in main.comparisons[0][2]
 
 
 def test_runner_runs_only_the_variants_asked_for(tmp_path, capsys):
