@@ -109,7 +109,7 @@ DEPTHS = (4, 8, 16, 32)
 # L=4 0.079 / 0.156 s, L=12 0.219 / 0.415 s. Depths run 12 first (the main grid's), then 4, then 8.
 VIT_BUDGET = Budget(steps=600, batch_size=64, val_every=100)
 VIT_WIDTH, VIT_LR = 64, 2e-3
-VIT_DEPTHS = (12, 4, 8)
+VIT_DEPTHS = (12, 4, 8, 24, 32)  # 24 and 32 added later, as the LM study's depths reach 32
 VIT_MAIN_DEPTH = 12
 # DHC x4's step time over the baseline's at VIT_MAIN_DEPTH in that probe: 0.415 / 0.219 = 1.89.
 VIT_TIME_RATIO = 1.9
