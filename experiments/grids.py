@@ -110,7 +110,7 @@ DEPTHS = (4, 8, 16, 32)
 VIT_BUDGET = Budget(steps=600, batch_size=64, val_every=100)
 VIT_WIDTH, VIT_LR = 64, 2e-3
 VIT_DEPTHS = (12, 4, 8, 24, 32)  # 24 and 32 added later, as the LM study's depths reach 32
-VIT_MAIN_DEPTH = 12
+VIT_MAIN_DEPTH = 24  # the controls at L = 24, where DHC x4's gain appeared (12 before)
 # DHC x4's step time over the baseline's at VIT_MAIN_DEPTH in that probe: 0.415 / 0.219 = 1.89.
 VIT_TIME_RATIO = 1.9
 
@@ -178,7 +178,7 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
     The cost control (the baseline given DHC x4's wall-clock time) is part of the main grid, at its LR.
     """
     main_depth, width, lr, budget, factors = ((LM_MAIN_DEPTH, LM_WIDTH, LM_LR, LM_BUDGET, (0.5, 2.0, 4.0)) if task == "lm"
-                                              else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (2.0, 0.5)))
+                                              else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (0.5, 2.0)))
     L, seeds = (main_depth, (0, 1, 2))
     if quick:
         L, width, seeds, budget = 2, 32, (0, 1), QUICK_BUDGET[task]
