@@ -178,7 +178,7 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
     The cost control (the baseline given DHC x4's wall-clock time) is part of the main grid, at its LR.
     """
     main_depth, width, lr, budget, factors = ((LM_MAIN_DEPTH, LM_WIDTH, LM_LR, LM_BUDGET, (0.5, 2.0, 4.0)) if task == "lm"
-                                              else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (0.5, 2.0)))
+                                              else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (0.5, 0.25, 2.0)))
     L, seeds = (main_depth, (0, 1, 2))
     if quick:
         L, width, seeds, budget = 2, 32, (0, 1), QUICK_BUDGET[task]
