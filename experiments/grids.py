@@ -139,9 +139,9 @@ VIT_REGIME_1800 = {"steps": 1800, "train": 1500}
 VIT_REGIME_PAIRS = {"steps": 1800, "train": 1500, "obj": 2}
 VIT_REGIME = {"steps": 600, "train": 500}
 # The ViT main grid's LR: the baseline's best in the controls' LR sweep at L = 24 (seeds 0-1; results/README.md 4a):
-# 0.5x (residual 0.920 / 0.943 against 1.593 / 1.351 at 1x). DHC x4's best there is 1x (0.753 against 0.877 at
-# 0.5x on seed 0), so the grid also runs DHC x4 at its own LR on every seed of the headline pair: the comparison at
-# each arm's best LR gets its confirmation seeds too.
+# 0.5x (residual 0.920 / 0.943 against 1.593 / 1.351 at 1x, and 1.218 at 0.25x on seed 0). DHC x4's best there is
+# 1x (0.753 / 0.925 against 0.877 / 1.078 at 0.5x), so the grid also runs DHC x4 at its own LR on every seed of the
+# headline pair: the comparison at each arm's best LR gets its confirmation seeds too.
 VIT_MAIN_LR = VIT_LR / 2
 VIT_DHC4_OWN_LR = VIT_LR
 # DHC x4's step time over the baseline's at L = 24 in the clean runs of that study (seeds 1-2: 0.844 / 0.415,
