@@ -128,9 +128,10 @@ VIT_WIDTH, VIT_LR = 64, 2e-3
 # - 600 steps again, extended to L = 24 as the LM's depth study reaches 32 (branch vit600-L24, the old regime's code):
 #   the baseline collapses with depth (1.593 / 1.351 / 1.301 on seeds 0-2, against 0.88-0.93 at 4-12 layers) and
 #   DHC x4 does not (0.753 / 0.925 / 0.774): paired -0.840, -0.426, -0.527 = -0.597 [-1.134, -0.060], 3/3 seeds.
-#   That is the LM's finding (HC's gain grows with depth, the baseline worsening with it) and an effect 4x the
-#   baseline's seed spread (0.157). So the ViT studies return to the 600-step single-shape regime with depths up
-#   to 24, and the main grid and its controls run at L = 24. The knobs `steps600-train500` are in every run's name,
+#   That is the LM's trend (HC's gain grows with depth, the baseline worsening with it), an effect 4x the
+#   baseline's seed spread (0.157); the LR control below shows most of it is the baseline's LR (at 0.5x it trains
+#   normally). So the ViT studies return to the 600-step single-shape regime with depths up to 24, and the main
+#   grid and its controls run at L = 24, where the two readings (a gain, or only robustness to the LR) differ. The knobs `steps600-train500` are in every run's name,
 #   so that runs of this code never share a folder with the old code's runs of the same settings (which have no
 #   such knobs in their names).
 VIT_DEPTHS = (24, 12, 4, 8)
@@ -225,7 +226,8 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
       2.111; DHC x4 2.184 vs 2.062 on seed 0), so the sweep extends upwards (4x) instead of to 0.25x; 2x then
       beat 1x for both arms (seeds 0-1: residual 2.060 vs 2.137, DHC x4 1.946 vs 2.040), so 4x ran next, before
       the other controls. ViT: at L = 12 (600 steps) 2x, then 0.5x, 1x being the best for both arms; at
-      L = 24 0.5x first (is the 24-layer baseline only trained at too high an LR?), then 2x;
+      L = 24 0.5x first (is the 24-layer baseline only trained at too high an LR? yes: 0.5x is its best), then
+      0.25x, then 2x;
     - output-init confound: the baseline with DHC x4's halved output-projection init; DHC x4 without it;
     - parameters: the baseline one block deeper, more parameters than DHC x4 adds.
 
@@ -233,7 +235,7 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
     """
     main_depth, width, lr, budget, factors, regime = (
         (LM_MAIN_DEPTH, LM_WIDTH, LM_LR, LM_BUDGET, (0.5, 2.0, 4.0), {}) if task == "lm"
-        else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (0.5, 2.0), VIT_REGIME))
+        else (VIT_MAIN_DEPTH, VIT_WIDTH, VIT_LR, VIT_BUDGET, (0.5, 0.25, 2.0), VIT_REGIME))
     L, seeds = (main_depth, (0, 1, 2))
     if quick:
         L, width, seeds, budget, regime = 2, 32, (0, 1), QUICK_BUDGET[task], {}
