@@ -297,8 +297,7 @@ class _DynamicWidth(torch.autograd.Function):
         grad_z = grad_p * (1 - p * p) if ctx.use_tanh else grad_p  # (..., n, n+2)
         # z = rstd * (H @ Wg) - rstd * mean * colsum(Wg) + bias @ W
         scaled = (grad_z * rstd).reshape(-1, n + 2)
-        # (G^T H)^T rather than H^T G: the same product, but MKL is slow at a result only n+2 wide (_thin_matmul)
-        grad_Wg = (scaled.T @ H.reshape(-1, d)).T - (mean.reshape(-1, 1) * scaled).sum(0)  # (d, n+2)
+        grad_Wg = _thin_matmul(H.reshape(-1, d).T, scaled) - (mean.reshape(-1, 1) * scaled).sum(0)  # (d, n+2)
         grad_sum = grad_z.reshape(-1, n + 2).sum(0)  # (n+2,)
         grad_W = grad_Wg if weight is None else grad_Wg * weight.unsqueeze(1)
         grad_weight = grad_bias = None
