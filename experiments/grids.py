@@ -125,15 +125,15 @@ VIT_WIDTH, VIT_LR = 64, 2e-3
 # - Shape pairs, 1,800 steps (VIT_REGIME_PAIRS; lit_hc.data.shapes): 12 layers worse than 4 for the baseline on 2 of
 #   3 seeds, seed spread 0.15, DHC x4 - residual +0.087 [-0.384, +0.558] at L = 12; twice the LR made the 12-layer
 #   baseline far worse (results/vit/regime-pairs).
-# - 600 steps again, extended to L = 24 as the LM's depth study reaches 32 (branch vit600-L24, the old regime's code):
+# - 600 steps again, extended to L = 24 as the LM's depth study reaches 32 (commit 19bdbd1, the old regime's code):
 #   the baseline collapses with depth (1.593 / 1.351 / 1.301 on seeds 0-2, against 0.88-0.93 at 4-12 layers) and
 #   DHC x4 does not (0.753 / 0.925 / 0.774): paired -0.840, -0.426, -0.527 = -0.597 [-1.134, -0.060], 3/3 seeds.
 #   That is the LM's trend (HC's gain grows with depth, the baseline worsening with it), an effect 4x the
 #   baseline's seed spread (0.157); the LR control below shows most of it is the baseline's LR (at 0.5x it trains
 #   normally). So the ViT studies return to the 600-step single-shape regime with depths up to 24, and the main
-#   grid and its controls run at L = 24, where the two readings (a gain, or only robustness to the LR) differ. The knobs `steps600-train500` are in every run's name,
-#   so that runs of this code never share a folder with the old code's runs of the same settings (which have no
-#   such knobs in their names).
+#   grid and its controls run at L = 24, where the two readings (a gain, or only robustness to the LR) differ.
+#   The knobs `steps600-train500` are in every run's name, so that runs of this code never share a folder with the
+#   old code's runs of the same settings (which have no such knobs in their names).
 VIT_DEPTHS = (24, 12, 4, 8)
 VIT_MAIN_DEPTH = 24
 VIT_REGIME_1800 = {"steps": 1800, "train": 1500}

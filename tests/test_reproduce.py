@@ -143,7 +143,8 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     assert {r.knob("L") for r in main.runs if r.variant == "dhc4"} == {24}
     names = {r.name for r in main.runs}  # the grid at the baseline's best LR, DHC x4 at its own too, every seed
     assert {f"{v}-L24-d64-lr0.001-steps600-train500-s{s}" for v in ("residual", "dhc4") for s in range(6)} <= names
-    assert {n for n in names if n.startswith("dhc4-L24-d64-lr0.002")} == {f"dhc4-L24-d64-lr0.002-steps600-train500-s{s}" for s in range(6)}
+    own = "dhc4-L24-d64-lr0.002-steps600-train500"
+    assert {n for n in names if n.startswith("dhc4-L24-d64-lr0.002")} == {f"{own}-s{s}" for s in range(6)}
     assert main.comparisons[1][:2] == ("dhc4-lr0.002", "residual")
     longer = {r.knob("steps") for r in main.runs} - {VIT_REGIME["steps"]}
     assert longer == {1200}  # the cost control: 2 x 600 steps, a whole number of 100-step validation intervals
