@@ -143,6 +143,13 @@ def paired_columns(rs: list[dict], base: list[dict] | None, seeds: tuple[int, ..
             "ci_hi": d.ci[1] if d.ci else None, "wins": d.wins}
 
 
+def seed_sets(study: Study) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(part, seeds) of the seed sets a study's tables report apart: choice, confirmation and, where the study has
+    them, the seeds added after the confirmation was read."""
+    parts = (("choice", study.choice_seeds), ("confirm", study.confirm_seeds))
+    return parts + ((("added", study.added_seeds),) if study.added_seeds else ())
+
+
 def summary_rows(task: str, runs: dict[str, list[dict]], study: Study | None = None) -> list[dict]:
     base = runs.get("residual")
     base_loss = mean_std([r["final"]["val_loss"] for r in base])[0] if base else None
@@ -174,7 +181,7 @@ def summary_rows(task: str, runs: dict[str, list[dict]], study: Study | None = N
         row["saved_activations_ratio"] = (rs[0]["saved_activation_bytes"] / base_act
                                           if base_act and rs[0].get("saved_activation_bytes") else None)
         if study is not None and variant != "residual":
-            for part, seeds in (("choice", study.choice_seeds), ("confirm", study.confirm_seeds)):
+            for part, seeds in seed_sets(study):
                 row |= {f"{part}_{k}": v for k, v in paired_columns(rs, base, seeds).items()}
                 if task == "vit":
                     row |= {f"{part}_top1_{k}": v for k, v in paired_columns(rs, base, seeds, "top1").items()}
@@ -208,29 +215,36 @@ def paired_cell(row: dict, part: str, digits: int = 3) -> str:
     return f"{row[f'{part}_delta']:+.{digits}f}{ci}, {row[f'{part}_wins']}/{row[f'{part}_n']}"
 
 
-def markdown(task: str, rows: list[dict], command: str) -> str:
+def markdown(task: str, rows: list[dict], command: str, added: bool = False) -> str:
+    """The grid's table; `added`: a column for the seeds added after the confirmation (Study.added_seeds)."""
     unit = UNIT[task]
+    more = "added seeds | " if added else ""
+    parts = ("choice", "confirm", "added")[: 2 + added]
+
+    def cells(r: dict, metric: str = "", digits: int = 3) -> str:
+        return " | ".join(paired_cell(r, f"{p}{metric}", digits) for p in parts)
+
     if task == "lm":
         head = ("| variant | seeds | params | Δ params | val loss (nats/byte) | paired Δ [95% CI], wins: choice seeds | "
-                "confirmation seeds | val ppl | tokens to "
+                f"confirmation seeds | {more}val ppl | tokens to "
                 "residual's final loss | speed-up | step time × | saved activations × | paper: OLMo-1B loss | paper Δ |")
-        lines = [head, "|" + "---|" * 14]
+        lines = [head, "|" + "---|" * (14 + added)]
         for r in rows:
             lines.append(f"| {r['variant']} | {r['seeds']} | {_fmt(r['params'])} | {_fmt(r['params_delta'], sign=True)} | "
-                         f"{_pm(r['val_loss'], r['val_loss_std'])} | {paired_cell(r, 'choice')} | {paired_cell(r, 'confirm')} | "
+                         f"{_pm(r['val_loss'], r['val_loss_std'])} | {cells(r)} | "
                          f"{_fmt(r['val_ppl'])} | {_fmt(r[f'{unit}_to_baseline_loss'], 0)} | "
                          f"{_fmt(r['speedup_to_baseline_loss'], 2)} | {_fmt(r['step_time_ratio'], 2)} | "
                          f"{_fmt(r['saved_activations_ratio'], 2)} | {_fmt(r['paper'])} | {_fmt(r['paper_delta'], sign=True)} |")
     else:
         head = ("| variant | seeds | params | Δ params | val loss | paired Δ val loss [95% CI], wins: choice seeds | "
-                "confirmation seeds | top-1 % | paired Δ top-1: choice seeds | confirmation seeds | top-5 % | images "
-                "to residual's final loss | speed-up | step time × | saved activations × | paper: ViT-B top-1 | paper Δ |")
-        lines = [head, "|" + "---|" * 17]
+                f"confirmation seeds | {more}top-1 % | paired Δ top-1: choice seeds | confirmation seeds | {more}top-5 % | "
+                "images to residual's final loss | speed-up | step time × | saved activations × | paper: ViT-B top-1 | "
+                "paper Δ |")
+        lines = [head, "|" + "---|" * (17 + 2 * added)]
         for r in rows:
             lines.append(f"| {r['variant']} | {r['seeds']} | {_fmt(r['params'])} | {_fmt(r['params_delta'], sign=True)} | "
-                         f"{_pm(r['val_loss'], r['val_loss_std'])} | {paired_cell(r, 'choice')} | {paired_cell(r, 'confirm')} | "
-                         f"{_pm(r['top1'], r['top1_std'], 1)} | {paired_cell(r, 'choice_top1', 1)} | "
-                         f"{paired_cell(r, 'confirm_top1', 1)} | {_fmt(r['top5'], 1)} | "
+                         f"{_pm(r['val_loss'], r['val_loss_std'])} | {cells(r)} | "
+                         f"{_pm(r['top1'], r['top1_std'], 1)} | {cells(r, '_top1', 1)} | {_fmt(r['top5'], 1)} | "
                          f"{_fmt(r[f'{unit}_to_baseline_loss'], 0)} | {_fmt(r['speedup_to_baseline_loss'], 2)} | "
                          f"{_fmt(r['step_time_ratio'], 2)} | {_fmt(r['saved_activations_ratio'], 2)} | "
                          f"{_fmt(r['paper'], 2)} | {_fmt(r['paper_delta'], 2, sign=True)} |")
@@ -243,7 +257,8 @@ def markdown(task: str, rows: list[dict], command: str) -> str:
         "Mean ± sample std over seeds where a variant has several. Paired Δ = variant − residual per seed (same "
         "data order and non-HC init) of the final validation loss" + (" (and of top-1, beside it)" if task == "vit"
         else "") + ", its mean, 95% t-interval and the seeds where the variant is better; "
-        "choice seeds chose the settings, confirmation seeds never did. "
+        "choice seeds chose the settings, confirmation seeds never did" + ("; added seeds never did either, but were "
+        "added after the confirmation had been read, so they are a set of their own. " if added else ". ") +
         "Step time and saved activations are ratios to the residual baseline measured in the same grid; "
         "'speed-up' = the baseline's " + unit + " to reach its own final validation loss / this variant's "
         "(interpolated between evaluations; — if never reached). The paper's column is its number at full scale "
@@ -314,6 +329,11 @@ def provenance_lines(runs: dict[str, list[dict]]) -> list[str]:
                                       "; no run had uncommitted changes.")]
 
 
+def _pair_cell(rows: list[dict] | None, refs: list[dict] | None, seeds: tuple[int, ...], metric: str = "val_loss") -> str:
+    columns = paired_columns(rows, refs, seeds, metric)
+    return paired_cell({f"p_{k}": v for k, v in columns.items()}, "p", 3 if metric == "val_loss" else 1)
+
+
 def comparisons_markdown(study: Study, runs: dict[str, list[dict]]) -> str:
     """The study's named comparisons (a control against what it controls), paired by seed over the seeds both
     rows have; a comparison whose rows have not finished yet says so instead of disappearing."""
@@ -321,15 +341,20 @@ def comparisons_markdown(study: Study, runs: dict[str, list[dict]]) -> str:
         return ""
     metrics = ["val_loss"] + (["top1"] if study.task == "vit" else [])
     heads = {"val_loss": "row − reference (val loss), paired [95% CI], wins", "top1": "same, top-1 %"}
+    # A study with held-out seeds also gives the loss's difference per seed set (a control that ran on the choice
+    # seeds only says — for the others).
+    sets = seed_sets(study) if study.confirm_seeds else ()
+    names = {"choice": "choice seeds", "confirm": "confirmation seeds", "added": "added seeds"}
     lines = ["## Controls and variant against variant, paired", "",
-             f"| question | {' | '.join(heads[m] for m in metrics)} | row | reference |",
-             "|---|" + "---|" * len(metrics) + "---|---|"]
+             f"| question | {heads['val_loss']}{': all seeds' if sets else ''} | "
+             f"{''.join(f'{names[p]} | ' for p, _ in sets)}"
+             f"{''.join(f'{heads[m]} | ' for m in metrics[1:])}row | reference |",
+             "|---|" + "---|" * (len(metrics) + len(sets)) + "---|---|"]
     for row, ref, question in study.comparisons:
         a, b = runs.get(row), runs.get(ref)
         common = tuple(sorted(set(_finals(a or [])) & set(_finals(b or []))))
-        cells = [paired_cell({f"p_{k}": v for k, v in paired_columns(a, b, common, m).items()}, "p",
-                             3 if m == "val_loss" else 1) for m in metrics]
-        cells = ["not run yet" if c == "—" else c for c in cells]
+        cells = ["not run yet" if (c := _pair_cell(a, b, common, m)) == "—" else c for m in metrics]
+        cells[1:1] = [_pair_cell(a, b, tuple(s for s in seeds if s in common)) for _, seeds in sets]
         lines.append(f"| {question} | {' | '.join(cells)} | {row} | {ref} |")
     return "\n".join(lines) + "\n"
 
@@ -337,8 +362,8 @@ def comparisons_markdown(study: Study, runs: dict[str, list[dict]]) -> str:
 def summarize_grid(results: Path, study: Study, runs: dict[str, list[dict]], command: str) -> list[dict]:
     task, out = study.task, results / study.task / study.name
     rows = summary_rows(task, runs, study)
-    md = markdown(task, rows, command).replace(f"# {TASK_NAME[task]} grid summary",
-                                                f"# {TASK_NAME[task]} {study.name}: {study.about}")
+    md = markdown(task, rows, command, bool(study.added_seeds))
+    md = md.replace(f"# {TASK_NAME[task]} grid summary", f"# {TASK_NAME[task]} {study.name}: {study.about}")
     extra = comparisons_markdown(study, runs)
     _write_table(out, rows, md + "\n" + (extra + "\n" if extra else "") + "\n".join(provenance_lines(runs)) + "\n")
     write_atomic(out / "val_curves.png", _png(val_curves_figure(task, runs)))

@@ -144,12 +144,19 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     names = {r.name for r in main.runs}  # the grid at the baseline's best LR, DHC x4 at its own too, every seed
     assert {f"{v}-L24-d64-lr0.001-steps600-train500-s{s}" for v in ("residual", "dhc4") for s in range(6)} <= names
     own = "dhc4-L24-d64-lr0.002-steps600-train500"
-    assert {n for n in names if n.startswith("dhc4-L24-d64-lr0.002")} == {f"{own}-s{s}" for s in range(6)}
+    assert {n for n in names if n.startswith("dhc4-L24-d64-lr0.002")} == {f"{own}-s{s}" for s in range(9)}
     assert main.comparisons[1][:2] == ("dhc4-lr0.002", "residual")
     longer = {r.knob("steps") for r in main.runs} - {VIT_REGIME["steps"]}
     assert longer == {1200}  # the cost control: 2 x 600 steps, a whole number of 100-step validation intervals
     assert main.comparisons[0][:2] == ("dhc4", "residual-steps1200")
     assert "(600 steps)" in main.comparisons[0][2]
+    # seeds 6-8 of the headline pair, added after the confirmation: a set of their own, run after the first plan
+    assert main.choice_seeds == (0, 1, 2) and main.confirm_seeds == (3, 4, 5) and main.added_seeds == (6, 7, 8)
+    added = [r.name for r in main.runs if r.seed >= 6]
+    assert added == [f"{v}-L24-d64-lr{lr}-steps600-train500-s{s}" for s in (6, 7, 8)
+                     for v, lr in (("residual", "0.001"), ("dhc4", "0.001"), ("dhc4", "0.002"))]
+    assert [r.name for r in main.runs][-len(added) - 4:-len(added)][0].startswith("mhc4-")  # after the first plan
+    assert not main_study("lm").added_seeds and not main_study("vit", quick=True).added_seeds
 
 
 def test_runner_runs_only_the_variants_asked_for(tmp_path, capsys):
@@ -380,6 +387,32 @@ def test_vit_tables_pair_the_loss_and_top1():
     (r,) = depth_rows(depth, runs)
     assert (r["depth"], r["n"], r["wins"], r["top1_wins"]) == (12, 2, 1, 2)
     assert r["top1_delta"] == pytest.approx(1.5) and r["residual_top1"] == pytest.approx(55.0)
+
+
+def test_tables_report_each_seed_set_apart():
+    """Choice, confirmation and added seeds each get their own paired cell, computed on that set's seeds only."""
+    from experiments.grids import Study
+    from experiments.summarize import comparisons_markdown, markdown, summary_rows
+
+    def done(variant, seed, loss):
+        return {"run": {"variant": variant, "knobs": []}, "seed": seed, "final": {"val_loss": loss, "val_ppl": 1.0},
+                "params": 100, "val_curve": [[1, 16, loss]]}
+
+    base = {0: 2.0, 1: 2.1, 2: 2.2, 3: 2.0, 4: 2.4}
+    hc = {0: 1.9, 1: 2.0, 2: 2.25, 3: 1.8, 4: 2.45}  # diffs -0.1, -0.1 | +0.05 | -0.2, +0.05
+    runs = {"residual": [done("residual", s, v) for s, v in base.items()],
+            "dhc4": [done("dhc4", s, v) for s, v in hc.items()]}
+    study = Study("main", "lm", None, (), (0, 1), confirm_seeds=(2,), added_seeds=(3, 4),
+                  comparisons=(("dhc4", "residual", "q"),))
+    row = [line for line in comparisons_markdown(study, runs).splitlines() if line.startswith("| q |")][0]
+    # all 5: mean -0.06, std 0.108397, half 2.776445 * 0.108397 / sqrt(5) = 0.134590; choice: -0.1 +- 0 (2/2);
+    # confirmation: one seed (no interval); added: mean -0.075, std 0.176777, half 12.706205 * 0.125 = 1.588276
+    assert row == ("| q | -0.060 [-0.195, +0.075], 3/5 | -0.100 [-0.100, -0.100], 2/2 | +0.050, 0/1 | "
+                   "-0.075 [-1.663, +1.513], 1/2 | dhc4 | residual |")
+    (_, dhc4) = summary_rows("lm", runs, study)
+    assert (dhc4["confirm_n"], dhc4["added_n"], dhc4["added_wins"]) == (1, 2, 1)
+    table = markdown("lm", [dhc4], "cmd", added=True)
+    assert "| confirmation seeds | added seeds | val ppl |" in table and "| +0.050, 0/1 | -0.075 [-1.663, +1.513], 1/2 |" in table
 
 
 def test_depth_table_describes_the_regime_its_knobs_set():
