@@ -155,7 +155,13 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     added = [r.name for r in main.runs if r.seed >= 6]
     assert added == [f"{v}-L24-d64-lr{lr}-steps600-train500-s{s}" for s in (6, 7, 8)
                      for v, lr in (("residual", "0.001"), ("dhc4", "0.001"), ("dhc4", "0.002"))]
-    assert [r.name for r in main.runs][-len(added) - 4:-len(added)][0].startswith("mhc4-")  # after the first plan
+    order = [r.name for r in main.runs]
+    assert max(i for i, n in enumerate(order) if n.startswith("mhc4-")) < order.index(added[0])  # after the plan
+    # then the output-init control at DHC x4's own LR, on the choice seeds
+    assert order[-3:] == [f"dhc4-init-none-L24-d64-lr0.002-steps600-train500-s{s}" for s in (0, 1, 2)]
+    assert [c[:2] for c in main.comparisons[1:4]] == [("dhc4-lr0.002", "residual"),
+                                                      ("dhc4-init-none-lr0.002", "dhc4-lr0.002"),
+                                                      ("dhc4-init-none-lr0.002", "residual")]
     assert not main_study("lm").added_seeds and not main_study("vit", quick=True).added_seeds
 
 
