@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", action="store_true",
                         help="instead: the GPT at d = 64 (16 layers) to 1024, residual/SHC/DHC/mHC x4 (+ peer), "
                              "eager and compiled, with the floor -> bench_widths.md and .csv")
+    parser.add_argument("--widths", nargs="+", default=None, metavar="WIDTH",
+                        help="with --sweep: only these widths (e.g. d64-L16, the experiments' regime, ~1/4 of the time)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: the top operators of one eager step per variant -> bench_profile.md")
     a = parser.parse_args(argv)
@@ -415,7 +417,12 @@ def main(argv: list[str] | None = None) -> None:
         chosen = ["residual", *[v for v in chosen if v != "residual"]]
         modes = [False, True] if a.mode == "all" else [a.mode == "compiled"]
         started = time.time()
-        rows = sweep(QUICK_WIDTHS if a.quick else WIDTHS, chosen, modes, a.repeats, a.steps, a.warmup, device)
+        widths = QUICK_WIDTHS if a.quick else WIDTHS
+        if a.widths and set(a.widths) - set(widths):
+            parser.error(f"--widths {' '.join(sorted(set(a.widths) - set(widths)))}: not in the sweep; it has "
+                         f"{' '.join(widths)}")
+        widths = {w: spec for w, spec in widths.items() if not a.widths or w in a.widths}
+        rows = sweep(widths, chosen, modes, a.repeats, a.steps, a.warmup, device)
         write_sweep(rows, Path(a.out), command.strip(), device, time.time() - started)
         print(f"bench: wrote {a.out}/bench_widths.md and bench_widths.csv in {(time.time() - started) / 60:.1f} min")
         return

@@ -71,3 +71,13 @@ def test_width_sweep_smoke(tmp_path):
             expected = (float(r["step_ratio"]) - 1) / float(r["floor_overhead"])
             assert float(r["overhead_over_floor"]) == pytest.approx(expected, rel=2e-2)
     assert "| dhc4 |" in (tmp_path / "bench_widths.md").read_text()
+
+
+def test_width_sweep_takes_a_subset_of_widths(tmp_path, capsys):
+    bench(["--sweep", "--quick", "--mode", "eager", "--variants", "dhc4", "--repeats", "1", "--steps", "1",
+           "--warmup", "1", "--widths", "d32", "--out", str(tmp_path)])
+    assert [(r["width"], r["variant"]) for r in _rows(tmp_path / "bench_widths.csv")] == [("d32", "residual"),
+                                                                                          ("d32", "dhc4")]
+    with pytest.raises(SystemExit):
+        bench(["--sweep", "--quick", "--widths", "d48", "--out", str(tmp_path)])
+    assert "--widths d48: not in the sweep; it has d16-L2 d32" in capsys.readouterr().err
