@@ -158,10 +158,13 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     order = [r.name for r in main.runs]
     assert max(i for i, n in enumerate(order) if n.startswith("mhc4-")) < order.index(added[0])  # after the plan
     # then the output-init control at DHC x4's own LR, on the choice seeds
-    assert order[-3:] == [f"dhc4-init-none-L24-d64-lr0.002-steps600-train500-s{s}" for s in (0, 1, 2)]
-    assert [c[:2] for c in main.comparisons[1:4]] == [("dhc4-lr0.002", "residual"),
+    assert order[-6:] == [f"{v}-L24-d64-lr0.002-steps600-train500-s{s}" for v in ("dhc4-init-none", "residual-init-0.5")
+                          for s in (0, 1, 2)]
+    assert [c[:2] for c in main.comparisons[1:6]] == [("dhc4-lr0.002", "residual"),
                                                       ("dhc4-init-none-lr0.002", "dhc4-lr0.002"),
-                                                      ("dhc4-init-none-lr0.002", "residual")]
+                                                      ("dhc4-init-none-lr0.002", "residual"),
+                                                      ("residual-init-0.5-lr0.002", "residual"),
+                                                      ("dhc4-lr0.002", "residual-init-0.5-lr0.002")]
     assert not main_study("lm").added_seeds and not main_study("vit", quick=True).added_seeds
 
 
