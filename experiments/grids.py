@@ -306,7 +306,6 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
         knobs = {"L": VIT_MAIN_DEPTH, "d": VIT_WIDTH, "lr": VIT_MAIN_LR, **VIT_REGIME}
         budget, ratio = VIT_BUDGET, VIT_TIME_RATIO
     own_lr = VIT_DHC4_OWN_LR if task == "vit" and not quick else None
-    added = VIT_ADDED_SEEDS if task == "vit" and not quick else ()
     grid, choice, confirm = MAIN_SEEDS, CHOICE_SEEDS, CONFIRM_SEEDS
     if quick:  # a test-sized smoke: the same variants, at most 2 seeds
         knobs, budget = {"L": 1, "d": 32}, QUICK_BUDGET[task]
@@ -339,7 +338,7 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
                            for ref, what in (("mhc4", "mHC x4 at the grid's"), ("dhc4", "DHC x4")))
     # The added seeds of the headline pair last: the grid as first planned comes before them (SEEDS=N >= 7 makes
     # them ordinary seeds of every variant instead).
-    added = tuple(s for s in added if s >= max(counts.values()))
+    added = tuple(s for s in VIT_ADDED_SEEDS if own_lr and s >= max(counts.values()))  # the ViT's, not QUICK's
     for s in added:
         runs += [run(task, v, s, **knobs) for v in headline]
         runs.append(run(task, "dhc4", s, **(knobs | {"lr": own_lr})))

@@ -143,6 +143,10 @@ def paired_columns(rs: list[dict], base: list[dict] | None, seeds: tuple[int, ..
             "ci_hi": d.ci[1] if d.ci else None, "wins": d.wins}
 
 
+# The seed sets a study's tables report apart, by the part name their columns carry (Study's docstring says why).
+SEED_SET_NAMES = {"choice": "choice seeds", "confirm": "confirmation seeds", "added": "added seeds"}
+
+
 def seed_sets(study: Study) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """(part, seeds) of the seed sets a study's tables report apart: choice, confirmation and, where the study has
     them, the seeds added after the confirmation was read."""
@@ -218,15 +222,15 @@ def paired_cell(row: dict, part: str, digits: int = 3) -> str:
 def markdown(task: str, rows: list[dict], command: str, added: bool = False) -> str:
     """The grid's table; `added`: a column for the seeds added after the confirmation (Study.added_seeds)."""
     unit = UNIT[task]
-    more = "added seeds | " if added else ""
-    parts = ("choice", "confirm", "added")[: 2 + added]
+    parts = list(SEED_SET_NAMES)[: 2 + added]
+    sets = " | ".join(SEED_SET_NAMES[p] for p in parts)
 
     def cells(r: dict, metric: str = "", digits: int = 3) -> str:
         return " | ".join(paired_cell(r, f"{p}{metric}", digits) for p in parts)
 
     if task == "lm":
-        head = ("| variant | seeds | params | Δ params | val loss (nats/byte) | paired Δ [95% CI], wins: choice seeds | "
-                f"confirmation seeds | {more}val ppl | tokens to "
+        head = (f"| variant | seeds | params | Δ params | val loss (nats/byte) | paired Δ [95% CI], wins: {sets} | "
+                "val ppl | tokens to "
                 "residual's final loss | speed-up | step time × | saved activations × | paper: OLMo-1B loss | paper Δ |")
         lines = [head, "|" + "---|" * (14 + added)]
         for r in rows:
@@ -236,8 +240,8 @@ def markdown(task: str, rows: list[dict], command: str, added: bool = False) -> 
                          f"{_fmt(r['speedup_to_baseline_loss'], 2)} | {_fmt(r['step_time_ratio'], 2)} | "
                          f"{_fmt(r['saved_activations_ratio'], 2)} | {_fmt(r['paper'])} | {_fmt(r['paper_delta'], sign=True)} |")
     else:
-        head = ("| variant | seeds | params | Δ params | val loss | paired Δ val loss [95% CI], wins: choice seeds | "
-                f"confirmation seeds | {more}top-1 % | paired Δ top-1: choice seeds | confirmation seeds | {more}top-5 % | "
+        head = (f"| variant | seeds | params | Δ params | val loss | paired Δ val loss [95% CI], wins: {sets} | "
+                f"top-1 % | paired Δ top-1: {sets} | top-5 % | "
                 "images to residual's final loss | speed-up | step time × | saved activations × | paper: ViT-B top-1 | "
                 "paper Δ |")
         lines = [head, "|" + "---|" * (17 + 2 * added)]
@@ -330,6 +334,7 @@ def provenance_lines(runs: dict[str, list[dict]]) -> list[str]:
 
 
 def _pair_cell(rows: list[dict] | None, refs: list[dict] | None, seeds: tuple[int, ...], metric: str = "val_loss") -> str:
+    """paired_cell of `rows` against `refs` over `seeds` (the loss to 3 digits, top-1 % to 1)."""
     columns = paired_columns(rows, refs, seeds, metric)
     return paired_cell({f"p_{k}": v for k, v in columns.items()}, "p", 3 if metric == "val_loss" else 1)
 
@@ -344,10 +349,9 @@ def comparisons_markdown(study: Study, runs: dict[str, list[dict]]) -> str:
     # A study with held-out seeds also gives the loss's difference per seed set (a control that ran on the choice
     # seeds only says — for the others).
     sets = seed_sets(study) if study.confirm_seeds else ()
-    names = {"choice": "choice seeds", "confirm": "confirmation seeds", "added": "added seeds"}
     lines = ["## Controls and variant against variant, paired", "",
              f"| question | {heads['val_loss']}{': all seeds' if sets else ''} | "
-             f"{''.join(f'{names[p]} | ' for p, _ in sets)}"
+             f"{''.join(f'{SEED_SET_NAMES[p]} | ' for p, _ in sets)}"
              f"{''.join(f'{heads[m]} | ' for m in metrics[1:])}row | reference |",
              "|---|" + "---|" * (len(metrics) + len(sets)) + "---|---|"]
     for row, ref, question in study.comparisons:
