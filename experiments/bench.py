@@ -271,7 +271,7 @@ def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: floa
     write_csv(out / "bench_widths.csv", rows)
     widths = list(dict.fromkeys(r["width"] for r in rows))
     lines = ["# HC's step-time overhead against width, and its floor\n",
-             f"Command: `{command}` ({seconds / 60:.1f} min)  ", f"Machine: {machine(device)}\n",
+             f"Command: `{command}` ({seconds / 60:.1f} min)  ", f"Code: {code()}  ", f"Machine: {machine(device)}\n",
              "Each cell: training-step time / the baseline's in the same run and mode (medians over interleaved "
              "repeats), then in brackets the floor: the ratio the extra bytes of the residual streams alone would "
              "cost at the memory bandwidth measured in the same run (a copy of a tensor the size of H), i.e. "
@@ -306,7 +306,7 @@ def profile(task: str, spec: dict, variants: list[str], device, out: Path, comma
     arch, batch = spec["arch"], spec["batch"]
     x, y = make_batch(task, arch, batch, device)
     lines = [f"# Where the time goes: one eager training step of the {task} bench model\n",
-             f"Command: `{command}`  ", f"Machine: {machine(device)}\n",
+             f"Command: `{command}`  ", f"Code: {code()}  ", f"Machine: {machine(device)}\n",
              "Self time per operator over 2 steps (torch.profiler, CPU); the profiler adds overhead, so compare "
              "variants with each other, not with bench.md.\n"]
     for v in variants:
@@ -337,6 +337,15 @@ def peer_available() -> bool:
     return True
 
 
+def code() -> str:
+    """The commit the bench's code comes from, as each training run records it (experiments.reproduce)."""
+    from experiments.reproduce import provenance  # imports the studies; only needed when a table is written
+
+    origin = provenance()
+    dirty = ", with uncommitted changes" if origin["dirty"] else ""
+    return f"commit `{origin['commit'][:10]}` (code version `{origin['code']}`{dirty})"
+
+
 def machine(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
@@ -350,7 +359,7 @@ def write_results(rows: list[dict], specs: dict, out: Path, command: str, device
     mem_note = ("peak allocated (CUDA)" if device.type == "cuda"
                 else "params + grads + AdamW state + saved activations (CPU has no allocator statistic)")
     lines = [f"# Benchmark: HC variants vs the Pre-Norm residual baseline\n",
-             f"Command: `{command}` ({seconds / 60:.1f} min)  ",
+             f"Command: `{command}` ({seconds / 60:.1f} min)  ", f"Code: {code()}  ",
              f"Machine: {machine(device)}  ",
              f"Memory: {mem_note}. Ratios are to `residual` in the same run and mode; medians over interleaved "
              "repeats after warm-up. `target` is the bound this project set on the training-step ratio.\n"]

@@ -1,5 +1,6 @@
 """The benchmark runs end to end (the numbers themselves are not tested: they live in results/bench.md)."""
 import csv
+import subprocess
 
 import pytest
 
@@ -28,6 +29,8 @@ def test_bench_smoke_eager(tmp_path):
         assert all(memory[(model, f"{v}-recompute")] < memory[(model, v)] for v in ("dhc4", "mhc4"))
     md = (tmp_path / "bench.md").read_text()
     assert "python -m experiments.bench --quick" in md and "torch " in md and "| dhc4 |" in md
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert not head or f"Code: commit `{head[:10]}`" in md  # which code made the numbers (none outside a checkout)
 
 
 @pytest.mark.slow
