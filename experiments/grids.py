@@ -360,9 +360,12 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
                 "against the baseline at its own"),
                (mine, halved, f"output init at DHC x4's own LR: DHC x4 against the baseline with the same init and "
                 f"LR ({own_lr:g})"),
-               # the parameter control of that comparison needs no run of its own: the deeper baseline at its LR
+               # the parameter and cost controls of that comparison need no runs of their own: the deeper baseline
+               # and the longer one, each at the baseline's LR
                (mine, f"residual-L{knobs['L'] + 1}", f"parameters at each arm's own LR: DHC x4 at {own_lr:g} against "
-                f"the baseline one block deeper at {knobs['lr']:g}"))
+                f"the baseline one block deeper at {knobs['lr']:g}"),
+               (mine, f"residual-steps{longer}", f"equal wall-clock at each arm's own LR: DHC x4 at {own_lr:g} "
+                f"({steps} steps) against the baseline given {ratio:g}x the steps at {knobs['lr']:g}"))
     comparisons = (("dhc4", f"residual-steps{longer}", f"equal wall-clock: DHC x4 ({steps} steps) against the "
                     f"baseline given {ratio:g}x the steps"), *own, *controls, *secondary)
     return Study("main", task, budget, tuple(runs), choice_seeds=choice, confirm_seeds=confirm,

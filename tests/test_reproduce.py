@@ -160,14 +160,16 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     # then the output-init control at DHC x4's own LR, on the choice seeds
     assert order[-6:] == [f"{v}-L24-d64-lr0.002-steps600-train500-s{s}" for v in ("dhc4-init-none", "residual-init-0.5")
                           for s in (0, 1, 2)]
-    assert [c[:2] for c in main.comparisons[1:7]] == [("dhc4-lr0.002", "residual"),
+    assert [c[:2] for c in main.comparisons[1:8]] == [("dhc4-lr0.002", "residual"),
                                                       ("dhc4-init-none-lr0.002", "dhc4-lr0.002"),
                                                       ("dhc4-init-none-lr0.002", "residual"),
                                                       ("residual-init-0.5-lr0.002", "residual"),
                                                       ("dhc4-lr0.002", "residual-init-0.5-lr0.002"),
-                                                      ("dhc4-lr0.002", "residual-L25")]
-    # which reads the deeper baseline's runs at the grid's LR (its own best), made for the parameter control
-    assert {f"residual-L25-d64-lr0.001-steps600-train500-s{s}" for s in (0, 1, 2)} <= names
+                                                      ("dhc4-lr0.002", "residual-L25"),
+                                                      ("dhc4-lr0.002", "residual-steps1200")]
+    # the last two read runs made for the grid's own controls, at the baseline's LR (its best)
+    assert {f"residual-{k}-s{s}" for k in ("L25-d64-lr0.001-steps600-train500", "L24-d64-lr0.001-steps1200-train500")
+            for s in (0, 1, 2)} <= names
     assert not main_study("lm").added_seeds and not main_study("vit", quick=True).added_seeds
 
 
