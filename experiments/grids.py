@@ -336,6 +336,9 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
         secondary += tuple((f"mhc4-lr{lr:g}", ref, f"mHC x4's own LR: at {f:g}x the grid's LR, against {what}")
                            for f, lr in zip(MHC_LR_FACTORS, lrs)
                            for ref, what in (("mhc4", "mHC x4 at the grid's"), ("dhc4", "DHC x4")))
+        if own_lr:  # the ViT's mHC x4 is best at the grid's LR (seeds 0-1), DHC x4 at its own: each at its best
+            secondary += (("mhc4", f"dhc4-lr{own_lr:g}", f"mHC x4 at the grid's LR ({knobs['lr']:g}, its best of the "
+                           f"three) against DHC x4 at its own ({own_lr:g})"),)
     # The added seeds of the headline pair last: the grid as first planned comes before them (SEEDS=N >= 7 makes
     # them ordinary seeds of every variant instead).
     added = tuple(s for s in VIT_ADDED_SEEDS if own_lr and s >= max(counts.values()))  # the ViT's, not QUICK's

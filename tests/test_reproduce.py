@@ -170,6 +170,7 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     # the last two read runs made for the grid's own controls, at the baseline's LR (its best)
     assert {f"residual-{k}-s{s}" for k in ("L25-d64-lr0.001-steps600-train500", "L24-d64-lr0.001-steps1200-train500")
             for s in (0, 1, 2)} <= names
+    assert main.comparisons[-1][:2] == ("mhc4", "dhc4-lr0.002")  # mHC x4 and DHC x4, each at its best LR
     assert not main_study("lm").added_seeds and not main_study("vit", quick=True).added_seeds
 
 
