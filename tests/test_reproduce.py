@@ -139,6 +139,8 @@ def test_vit_studies_share_one_regime_named_in_every_run():
             assert "-train500-" in r.name and "-steps" in r.name  # them) can be reused by mistake
             assert r.knob("obj") is None and "-obj" not in r.name  # one shape per image
     assert {r.knob("L") for r in depth_study("vit").runs} == {4, 8, 12, 24}
+    lrs = [r.knob("lr") for r in controls_study("vit").runs]  # DHC x4's bracket from above before the 0.25x point
+    assert lrs.index(0.004) < lrs.index(0.0005)
     main = main_study("vit")
     assert {r.knob("L") for r in main.runs if r.variant == "dhc4"} == {24}
     names = {r.name for r in main.runs}  # the grid at the baseline's best LR, DHC x4 at its own too, every seed
