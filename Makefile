@@ -44,7 +44,7 @@ BENCH_ARGS ?=
 bench: install ## Step time, memory and inference speed of every variant vs the baseline -> results/bench.{md,csv} (25 min here)
 	$(PY) -m experiments.bench $(BENCH_ARGS)
 
-bench-widths: install ## HC's step-time overhead at d = 64 (16 layers) to 1024, eager and compiled, against its memory-traffic floor -> results/bench_widths.{md,csv} (35 min here with BENCH_ARGS=--repeats 5)
+bench-widths: install ## HC's step-time overhead at d = 64 (16 layers) to 1024, eager and compiled, against its memory-traffic floor -> results/bench_widths.{md,csv} (23-35 min here with BENCH_ARGS=--repeats 5, by the day's machine speed)
 	$(PY) -m experiments.bench --sweep $(BENCH_ARGS)
 
 LOGDIR ?= results

@@ -236,8 +236,8 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
       beat 1x for both arms (seeds 0-1: residual 2.060 vs 2.137, DHC x4 1.946 vs 2.040), so 4x ran next, before
       the other controls. ViT: at L = 12 (600 steps) 2x, then 0.5x, 1x being the best for both arms; at
       L = 24 0.5x first (is the 24-layer baseline only trained at too high an LR? yes: 0.5x is its best), then
-      2x (with the current code: is 1x DHC x4's best from above too? its own-LR comparison in the main grid rests
-      on it), then 0.25x (the baseline's bracket from below, seed 0 with the old code);
+      2x (is 1x DHC x4's best from above too? the main grid's own-LR comparison rests on it), then 0.25x (the
+      baseline's bracket from below);
     - output-init confound: the baseline with DHC x4's halved output-projection init; DHC x4 without it;
     - parameters: the baseline one block deeper, more parameters than DHC x4 adds.
 
