@@ -117,7 +117,8 @@ DEPTHS = (4, 8, 16, 32)
 # difference instead of 1.6 points each), patch 4 (64 tokens), width 64, 4 heads, MLP ratio 2, batch 64, 600 steps
 # (38,400 images, 7.7 epochs), AdamW 2e-3 (the base config's LR, fixed before any HC run), warmup 60 steps then
 # cosine to 0.05x. Step time on this 2-core CPU, residual / DHC x4 (a 60-step probe, medians of 12 logged rates):
-# L=4 0.079 / 0.156 s, L=12 0.219 / 0.415 s, L=24 ~0.4 / ~0.84 s. Depths run 24 first (the main grid's), then 12, 4, 8.
+# L=4 0.079 / 0.156 s, L=12 0.219 / 0.415 s, L=24 ~0.4 / ~0.84 s. Depths run 24 first (the main grid's), then 12, 4, 8,
+# and 32.
 VIT_BUDGET = Budget(steps=600, batch_size=64, val_every=100)
 VIT_WIDTH, VIT_LR = 64, 2e-3
 # History of the ViT regime (each decided on seeds 0-2; tables in results/vit/regime-*):
@@ -138,7 +139,9 @@ VIT_WIDTH, VIT_LR = 64, 2e-3
 #   grid and its controls run at L = 24, where the two readings (a gain, or only robustness to the LR) differ.
 #   The knobs `steps600-train500` are in every run's name, so that runs of this code never share a folder with the
 #   old code's runs of the same settings (which have no such knobs in their names).
-VIT_DEPTHS = (24, 12, 4, 8)
+# - L = 32 added last (after 24, 12, 4, 8 had run), so that the ViT's depth axis reaches the LM's: it runs after
+#   the other depths and chose nothing (the main grid's depth was picked from 4-24).
+VIT_DEPTHS = (24, 12, 4, 8, 32)
 VIT_MAIN_DEPTH = 24
 VIT_REGIME_1800 = {"steps": 1800, "train": 1500}
 VIT_REGIME_PAIRS = {"steps": 1800, "train": 1500, "obj": 2}

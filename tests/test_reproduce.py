@@ -138,7 +138,7 @@ def test_vit_studies_share_one_regime_named_in_every_run():
             assert r.knob("train") == VIT_REGIME["train"] == 500  # runs of the same settings (named without
             assert "-train500-" in r.name and "-steps" in r.name  # them) can be reused by mistake
             assert r.knob("obj") is None and "-obj" not in r.name  # one shape per image
-    assert {r.knob("L") for r in depth_study("vit").runs} == {4, 8, 12, 24}
+    assert {r.knob("L") for r in depth_study("vit").runs} == {4, 8, 12, 24, 32}
     lrs = [r.knob("lr") for r in controls_study("vit").runs]  # DHC x4's bracket from above before the 0.25x point
     assert lrs.index(0.004) < lrs.index(0.0005)
     main = main_study("vit")
