@@ -11,6 +11,10 @@ checkpoints/ which git ignores, run.json, done.json); studies share runs whose s
 done.json is skipped; a run with a checkpoint but no done.json resumes from it; nothing is deleted. A folder that
 holds a run of another configuration (its fingerprint differs) stops the runner with one line. After the runs,
 each study's tables and plots are (re)written to results/<task>/<study>/.
+
+With --regenerate, finished runs that other code made (another code version, or uncommitted changes) run again
+from this checkout; each one's old folder moves to results/<task>/runs-code-<its version>/<run name>/ just before
+its new run starts, so a stopped runner leaves every run either old or new, and the old numbers stay readable.
 """
 from __future__ import annotations
 
@@ -118,6 +122,28 @@ def check_folder(run_dir: Path, print_: str) -> None:
                     "move that folder away or give this run other settings")
 
 
+def made_by_other_code(run_dir: Path, code: str) -> str | None:
+    """The code version of the finished run in `run_dir` if it is not `code` or had uncommitted changes (then
+    "<version>-dirty"); None for an unfinished run or one this code made."""
+    done = run_dir / "done.json"
+    if not done.is_file():
+        return None
+    record = json.loads(done.read_text())
+    version = str(record.get("code") or "unknown") + ("-dirty" if record.get("dirty", True) else "")
+    return None if version == code else version
+
+
+def archive_run(run_dir: Path, version: str) -> Path:
+    """Move a finished run of other code to <pool>-code-<version>/<name>/ (nothing is deleted)."""
+    dest = run_dir.parent.with_name(f"{run_dir.parent.name}-code-{version}") / run_dir.name
+    if dest.exists():
+        raise ConfigMismatch(f"{run_dir} was made by code {version}, and {dest} already holds a run of that code; "
+                             "move one of them away")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.rename(dest)
+    return dest
+
+
 def quick_corpus() -> Path:
     """A small slice of the stdlib (the email package) so QUICK runs do not read 30 MB each."""
     from lit_hc.data.text import stdlib_root
@@ -178,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="run only these variants of the study (e.g. the baseline first); the tables cover all")
     parser.add_argument("--allow-mixed-code", action="store_true",
                         help="let a table combine runs made by different code versions (they are marked)")
+    parser.add_argument("--regenerate", action="store_true",
+                        help="run again the finished runs that other code made; their folders move to "
+                             "results/<task>/runs-code-<version>/")
     a = parser.parse_args(argv)
     if a.scale != "cpu" and a.data is None:
         parser.error(f"--scale {a.scale} needs --data: the tokenized shards (lm) or the ImageNet root (vit)")
@@ -195,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
                          f"{' '.join(dict.fromkeys(r.variant for r in runs))}")
         runs = [r for r in runs if r.variant in a.variants]
     origin = provenance()
+    if a.regenerate and (origin["code"] == "unknown" or origin["dirty"]):
+        parser.error("--regenerate needs a git checkout without uncommitted changes to lit_hc/, configs/, "
+                     "pyproject.toml or uv.lock: commit them first, so the new runs name the code that made them")
     plan = []
     for r in runs:
         args = cli_args(r, next(s for s in chosen if r in s.runs), a.scale, a.quick, results, a.data)
@@ -204,7 +236,14 @@ def main(argv: list[str] | None = None) -> None:
             check_folder(results / r.task / "runs" / r.name, print_)
     except ConfigMismatch as e:
         sys.exit(f"reproduce: error: {e}")
-    todo = [p for p in plan if not (results / p[0].task / "runs" / p[0].name / "done.json").is_file()]
+    stale = {}  # run -> the code version that made its finished folder, when --regenerate runs it again
+    if a.regenerate:
+        stale = {r: v for r, *_ in plan if (v := made_by_other_code(results / r.task / "runs" / r.name, origin["code"]))}
+    todo = [p for p in plan if p[0] in stale or not (results / p[0].task / "runs" / p[0].name / "done.json").is_file()]
+    if stale:
+        print(f"reproduce: --regenerate: other code made {len(stale)} of the finished runs "
+              f"({', '.join(sorted(set(stale.values())))}); each one's folder moves to runs-code-<version>/ as it "
+              "runs again", flush=True)
     print(f"reproduce: {a.study}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run "
           f"(commit {origin['commit'][:10]}{', uncommitted changes' if origin['dirty'] else ''})"
           + (f" ({a.scale} scale: about {sum(GPU_HOURS[a.scale][r.task] for r in runs):,} GPU-hours in all)"
@@ -216,7 +255,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{i + 1}/{len(todo)}] {run.task} {run.name} (elapsed {elapsed / 60:.1f} min{eta})", flush=True)
         record = {"fingerprint": print_, **origin, "configs": config_blobs(origin["commit"], args), "study": a.study}
         try:
+            if run in stale:
+                archive_run(results / run.task / "runs" / run.name, stale[run])
             run_one(run, args, results / run.task / "runs" / run.name, in_process=a.scale == "cpu", record=record)
+        except ConfigMismatch as e:
+            sys.exit(f"reproduce: error: {e}")
         except BAD_INPUT as e:  # the same one line `lit-hc` prints; finished runs stay as they are
             sys.exit(f"reproduce: {run.task} {run.name}: error: {describe(e)}")
         except SIGTERMException as e:  # SIGTERM or Ctrl-C inside a run: it saved last.ckpt and resumes from it

@@ -288,6 +288,35 @@ def test_quick_depth_study_end_to_end(tmp_path):
         assert int(row["n"]) == 2 and int(row["wins"]) == sum(d < 0 for d in diffs)
 
 
+@pytest.mark.slow
+def test_regenerate_reruns_a_run_other_code_made_and_keeps_the_old_folder(tmp_path, monkeypatch, capsys):
+    import experiments.reproduce as runner
+
+    def made_by(code, dirty=False):
+        monkeypatch.setattr(runner, "provenance", lambda: {"commit": "0" * 40, "dirty": dirty, "code": code})
+
+    made_by("aaaaaaaaaaaa")
+    args = ["--quick", "--study", "depth", "--results", str(tmp_path), "--max-runs", "1"]
+    reproduce(args)
+    pool = tmp_path / "lm" / "runs"
+    old = json.loads((pool / "residual-L1-d32-lr0.003-s0" / "done.json").read_text())
+    assert old["code"] == "aaaaaaaaaaaa"
+    made_by("bbbbbbbbbbbb", dirty=True)  # new runs must name the code that made them
+    with pytest.raises(SystemExit):
+        reproduce(args + ["--regenerate"])
+    assert "commit them first" in capsys.readouterr().err
+    made_by("bbbbbbbbbbbb")
+    reproduce(args + ["--regenerate"])  # the stale run goes first, ahead of the runs never made
+    assert "other code made 1 of the finished runs (aaaaaaaaaaaa)" in capsys.readouterr().out
+    archived = tmp_path / "lm" / "runs-code-aaaaaaaaaaaa" / "residual-L1-d32-lr0.003-s0" / "done.json"
+    assert json.loads(archived.read_text()) == old  # moved whole, not rewritten
+    new = json.loads((pool / "residual-L1-d32-lr0.003-s0" / "done.json").read_text())
+    assert new["code"] == "bbbbbbbbbbbb" and new["final"]["val_loss"] == pytest.approx(old["final"]["val_loss"])
+    assert not (pool / "dhc4-L1-d32-lr0.003-s0").exists()  # --max-runs 1: only the regenerated run ran
+    reproduce(args)  # without --regenerate a finished run of any code is kept
+    assert json.loads((pool / "residual-L1-d32-lr0.003-s0" / "done.json").read_text()) == new
+
+
 def test_units_to_reach_interpolates():
     curve = [(100.0, 3.0), (200.0, 2.0), (300.0, 1.5)]
     assert units_to_reach(curve, 2.5) == pytest.approx(150.0)
