@@ -258,6 +258,103 @@ def sweep(widths: dict, variants: list[str], modes: list[bool], repeats: int, st
     return rows
 
 
+def _timed(fn, device, repeats: int, inner: int) -> tuple[float, float]:
+    """Seconds per call of fn: medians over repeats of `inner` calls, wall clock and this process's CPU time."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        sync(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(inner):
+            fn()
+        sync(device)
+        walls.append((time.perf_counter() - wall) / inner)
+        cpus.append((time.process_time() - cpu) / inner)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def connection_costs(widths: dict, variants: list[str], repeats: int, device) -> list[dict]:
+    """One sub-layer's connection alone, forward + backward, at each sweep width's activation shape: where HC's
+    extra step time goes, and how far it is from its floor (the stream bytes at the bandwidth measured here).
+
+    The branch is a per-channel scale (the same few microseconds for every variant), so what differs is the
+    connection: the whole of it (width connection, branch, depth connection) and the width connection alone
+    (HC: norm statistics, coefficients, mix; x, R and beta out), the depth connection being the difference.
+    The layer index is 1: layer 0 receives the expanded embedding, a stride-0 view, which no other layer does.
+    One thread, so that the numbers are work, not parallelism; CPU time (which another job on the machine
+    inflates less than the wall clock) beside the wall clock."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        for width, spec in widths.items():
+            arch, batch = spec["arch"], spec["batch"]
+            tokens, d = batch * arch.block_size, arch.n_embd
+            inner = min(20, max(1, round(2**21 / (tokens * d))))  # ~10-50 ms per repeat from d = 64 up
+            bandwidth = stream_bandwidth(tokens * 4 * d, device, repeats)
+            timed = {}
+            for v in variants:
+                torch.manual_seed(0)
+                n = VARIANTS[v].expansion_rate
+                connection = VARIANTS[v].build(d, layer_idx=1).to(device)
+                H = torch.randn(batch, arch.block_size, n, d, device=device, requires_grad=True)
+                scale = torch.randn(d, device=device, requires_grad=True)
+                grad = torch.randn_like(H)
+
+                def whole():
+                    connection(H, lambda x: x * scale).backward(grad)
+
+                def width_only():
+                    outputs = connection.width(H)
+                    torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
+
+                timed[v] = n, _timed(whole, device, repeats, inner), (
+                    _timed(width_only, device, repeats, inner) if n > 1 else (0.0, 0.0))
+            (base_wall, base_cpu) = timed["residual"][1]
+            for v, (n, (wall, cpu), (width_wall, width_cpu)) in timed.items():
+                extra_bytes = tokens * 4 * (5 * n * d - 4 * d)  # floor_bytes per sub-layer, n streams - 1 stream
+                floor_ms = 1e3 * extra_bytes / bandwidth
+                rows.append({"width": width, "d": d, "tokens": tokens, "variant": v, "n": n,
+                             "connection_ms": 1e3 * wall, "connection_cpu_ms": 1e3 * cpu,
+                             "width_ms": 1e3 * width_wall, "width_cpu_ms": 1e3 * width_cpu,
+                             "depth_ms": 1e3 * (wall - width_wall) if n > 1 else None,
+                             "overhead_ms": 1e3 * (wall - base_wall), "overhead_cpu_ms": 1e3 * (cpu - base_cpu),
+                             "floor_overhead_ms": floor_ms,
+                             "overhead_over_floor": (wall - base_wall) * 1e3 / floor_ms if n > 1 else None,
+                             "bandwidth_gb_s": bandwidth / 1e9})
+                print(f"  {width:8s} {v:12s} {1e3 * wall:7.3f} ms (cpu {1e3 * cpu:7.3f})  width {1e3 * width_wall:7.3f}"
+                      f"  floor overhead {floor_ms:.3f} ms", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def write_connections(rows: list[dict], out: Path, command: str, device, seconds: float) -> None:
+    write_csv(out / "bench_connections.csv", rows)
+    lines = ["# One sub-layer's connection: its cost, its parts and its floor\n",
+             f"Command: `{command}` ({seconds / 60:.1f} min)  ", f"Code: {code()}  ", f"Machine: {machine(device)}\n",
+             "Forward + backward of one connection alone (`connection_costs`): H (batch, tokens, n, d) of the sweep's "
+             "shapes, the branch a per-channel scale, 1 thread, medians over repeats. 'width' = the width connection "
+             "alone (HC: norm statistics, coefficients, mix), 'depth' = the rest (the depth connection and the "
+             "branch's few microseconds). 'over the residual' = this connection's time minus the baseline's (its "
+             "add). 'floor' = the extra stream bytes of one sub-layer, tokens x (5 n d - 4 d) x 4 (see "
+             "bench_widths.md), at the bandwidth measured in the same run. Times in ms, wall clock; CPU time in "
+             "brackets.\n"]
+    for width in dict.fromkeys(r["width"] for r in rows):
+        sel = [r for r in rows if r["width"] == width]
+        lines += [f"## {width}: {sel[0]['tokens']:,} tokens x d = {sel[0]['d']}, {sel[0]['bandwidth_gb_s']:.1f} GB/s\n",
+                  "| variant | connection | width | depth | over the residual | floor | over the residual / floor |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in sel:
+            hc = r["n"] > 1
+            lines.append(f"| {r['variant']} | {r['connection_ms']:.3f} ({r['connection_cpu_ms']:.3f}) | "
+                         + (f"{r['width_ms']:.3f} ({r['width_cpu_ms']:.3f}) | {r['depth_ms']:.3f} | "
+                            f"{r['overhead_ms']:.3f} ({r['overhead_cpu_ms']:.3f}) | {r['floor_overhead_ms']:.3f} | "
+                            f"{r['overhead_over_floor']:.0f}x |" if hc else "— | — | — | — | — |"))
+        lines.append("")
+    write_atomic(out / "bench_connections.md", "\n".join(lines) + "\n")
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Rows as CSV, floats to 4 significant digits, written atomically."""
     buffer = io.StringIO()
@@ -405,6 +502,9 @@ def main(argv: list[str] | None = None) -> None:
                              "eager and compiled, with the floor -> bench_widths.md and .csv")
     parser.add_argument("--widths", nargs="+", default=None, metavar="WIDTH",
                         help="with --sweep: only these widths (e.g. d64-L16, the experiments' regime, ~1/4 of the time)")
+    parser.add_argument("--connections", action="store_true",
+                        help="instead: one sub-layer's connection alone at the sweep's widths, its parts and its floor "
+                             "-> bench_connections.md and .csv")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: the top operators of one eager step per variant -> bench_profile.md")
     a = parser.parse_args(argv)
@@ -421,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
         variants = ["residual", *variants]
     specs = QUICK if a.quick else MODELS
     command = "python -m experiments.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    if a.sweep:
+    if a.sweep or a.connections:
         chosen = a.variants or list(SWEEP_VARIANTS) + (["peer-hc4"] if peer_available() else [])
         chosen = ["residual", *[v for v in chosen if v != "residual"]]
         modes = [False, True] if a.mode == "all" else [a.mode == "compiled"]
@@ -431,6 +531,11 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--widths {' '.join(sorted(set(a.widths) - set(widths)))}: not in the sweep; it has "
                          f"{' '.join(widths)}")
         widths = {w: spec for w, spec in widths.items() if not a.widths or w in a.widths}
+        if a.connections:
+            rows = connection_costs(widths, [v for v in chosen if v != "peer-hc4"], a.repeats, device)
+            write_connections(rows, Path(a.out), command.strip(), device, time.time() - started)
+            print(f"bench: wrote {a.out}/bench_connections.md and .csv in {(time.time() - started) / 60:.1f} min")
+            return
         rows = sweep(widths, chosen, modes, a.repeats, a.steps, a.warmup, device)
         write_sweep(rows, Path(a.out), command.strip(), device, time.time() - started)
         print(f"bench: wrote {a.out}/bench_widths.md and bench_widths.csv in {(time.time() - started) / 60:.1f} min")

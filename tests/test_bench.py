@@ -84,3 +84,24 @@ def test_width_sweep_takes_a_subset_of_widths(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench(["--sweep", "--quick", "--widths", "d48", "--out", str(tmp_path)])
     assert "--widths d48: not in the sweep; it has d16-L2 d32" in capsys.readouterr().err
+
+
+def test_connection_costs_smoke(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    bench(["--connections", "--quick", "--variants", "dhc4", "mhc4", "--repeats", "1", "--out", str(tmp_path)])
+    assert torch.get_num_threads() == threads  # measured on 1 thread, then given back
+    rows = _rows(tmp_path / "bench_connections.csv")
+    assert [(r["width"], r["variant"]) for r in rows] == [(w, v) for w in ("d16-L2", "d32") for v in ("residual", "dhc4", "mhc4")]
+    for r in rows:
+        tokens, d, n = int(r["tokens"]), int(r["d"]), int(r["n"])
+        assert tokens == 32 and n == (1 if r["variant"] == "residual" else 4)
+        # the floor: one sub-layer's extra stream bytes at the measured bandwidth
+        floor_ms = 1e3 * tokens * 4 * (5 * n * d - 4 * d) / (float(r["bandwidth_gb_s"]) * 1e9)
+        assert float(r["floor_overhead_ms"]) == pytest.approx(floor_ms, rel=2e-3)  # the CSV keeps 4 digits
+        if n > 1:
+            whole, width = float(r["connection_ms"]), float(r["width_ms"])
+            assert float(r["depth_ms"]) == pytest.approx(whole - width, abs=2e-3 * whole)
+            assert float(r["overhead_over_floor"]) == pytest.approx(float(r["overhead_ms"]) / floor_ms, rel=2e-3)
+    assert "| mhc4 |" in (tmp_path / "bench_connections.md").read_text()
