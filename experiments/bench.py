@@ -329,10 +329,16 @@ def connection_costs(widths: dict, variants: list[str], repeats: int, device) ->
     return rows
 
 
+def header(title: str, command: str, device, seconds: float | None = None, end: str = "\n") -> list[str]:
+    """The first lines of every table this bench writes: what, the command (and how long it took), the code
+    that made it, the machine."""
+    took = "" if seconds is None else f" ({seconds / 60:.1f} min)"
+    return [f"# {title}\n", f"Command: `{command}`{took}  ", f"Code: {code()}  ", f"Machine: {machine(device)}{end}"]
+
+
 def write_connections(rows: list[dict], out: Path, command: str, device, seconds: float) -> None:
     write_csv(out / "bench_connections.csv", rows)
-    lines = ["# One sub-layer's connection: its cost, its parts and its floor\n",
-             f"Command: `{command}` ({seconds / 60:.1f} min)  ", f"Code: {code()}  ", f"Machine: {machine(device)}\n",
+    lines = header("One sub-layer's connection: its cost, its parts and its floor", command, device, seconds) + [
              "Forward + backward of one connection alone (`connection_costs`): H (batch, tokens, n, d) of the sweep's "
              "shapes, the branch a per-channel scale, 1 thread, medians over repeats. 'width' = the width connection "
              "alone (HC: norm statistics, coefficients, mix), 'depth' = the rest (the depth connection and the "
@@ -367,8 +373,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: float) -> None:
     write_csv(out / "bench_widths.csv", rows)
     widths = list(dict.fromkeys(r["width"] for r in rows))
-    lines = ["# HC's step-time overhead against width, and its floor\n",
-             f"Command: `{command}` ({seconds / 60:.1f} min)  ", f"Code: {code()}  ", f"Machine: {machine(device)}\n",
+    lines = header("HC's step-time overhead against width, and its floor", command, device, seconds) + [
              "Each cell: training-step time / the baseline's in the same run and mode (medians over interleaved "
              "repeats), then in brackets the floor: the ratio the extra bytes of the residual streams alone would "
              "cost at the memory bandwidth measured in the same run (a copy of a tensor the size of H), i.e. "
@@ -402,8 +407,7 @@ def profile(task: str, spec: dict, variants: list[str], device, out: Path, comma
 
     arch, batch = spec["arch"], spec["batch"]
     x, y = make_batch(task, arch, batch, device)
-    lines = [f"# Where the time goes: one eager training step of the {task} bench model\n",
-             f"Command: `{command}`  ", f"Code: {code()}  ", f"Machine: {machine(device)}\n",
+    lines = header(f"Where the time goes: one eager training step of the {task} bench model", command, device) + [
              "Self time per operator over 2 steps (torch.profiler, CPU); the profiler adds overhead, so compare "
              "variants with each other, not with bench.md.\n"]
     for v in variants:
@@ -455,9 +459,7 @@ def write_results(rows: list[dict], specs: dict, out: Path, command: str, device
     unit = {"lm": "tokens/s", "vit": "images/s"}
     mem_note = ("peak allocated (CUDA)" if device.type == "cuda"
                 else "params + grads + AdamW state + saved activations (CPU has no allocator statistic)")
-    lines = [f"# Benchmark: HC variants vs the Pre-Norm residual baseline\n",
-             f"Command: `{command}` ({seconds / 60:.1f} min)  ", f"Code: {code()}  ",
-             f"Machine: {machine(device)}  ",
+    lines = header("Benchmark: HC variants vs the Pre-Norm residual baseline", command, device, seconds, end="  ") + [
              f"Memory: {mem_note}. Ratios are to `residual` in the same run and mode; medians over interleaved "
              "repeats after warm-up. `target` is the bound this project set on the training-step ratio.\n"]
     for (task, mode) in dict.fromkeys((r["model"], r["mode"]) for r in rows):
