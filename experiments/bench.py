@@ -304,9 +304,11 @@ def connection_costs(widths: dict, variants: list[str], repeats: int, device) ->
                 def whole():
                     connection(H, lambda x: x * scale).backward(grad)
 
+                with torch.no_grad():  # gradients made once, as `grad` is: allocating them per call is not the connection's cost
+                    width_grads = [torch.randn_like(t) for t in connection.width(H)] if n > 1 else []
+
                 def width_only():
-                    outputs = connection.width(H)
-                    torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
+                    torch.autograd.backward(connection.width(H), width_grads)
 
                 timed[v] = n, _timed(whole, device, repeats, inner), (
                     _timed(width_only, device, repeats, inner) if n > 1 else (0.0, 0.0))
