@@ -220,16 +220,20 @@ def stream_bandwidth(numel: int, device, repeats: int) -> float:
     return 2 * src.numel() * src.element_size() / statistics.median(samples)
 
 
-def floor_bytes(arch: GPTConfig, batch: int, n: int) -> int:
-    """The bytes the residual stream(s) of one training step must move at least, float32.
+def sublayer_bytes(tokens: int, d: int, n: int) -> int:
+    """The bytes the residual stream(s) of one sub-layer must move at least in a training step, float32.
 
-    Per sub-layer (2 per block) and token: with n > 1 streams the forward reads H and writes H' (2 n d) and the
-    backward reads the gradient of H' and H (the coefficients' gradients need it) and writes the gradient of H
-    (3 n d): 5 n d. The baseline's single stream: its residual add reads h and writes h' forward, reads and
-    writes the gradient backward: 4 d. Everything else (the sub-layers, their norms) is the same in both.
+    Per token: with n > 1 streams the forward reads H and writes H' (2 n d) and the backward reads the gradient
+    of H' and H (the coefficients' gradients need it) and writes the gradient of H (3 n d): 5 n d. The baseline's
+    single stream: its residual add reads h and writes h' forward, reads and writes the gradient backward: 4 d.
+    Everything else (the sub-layers, their norms) is the same in both.
     """
-    per_token = 5 * n * arch.n_embd if n > 1 else 4 * arch.n_embd
-    return 2 * arch.n_layer * batch * arch.block_size * per_token * 4
+    return tokens * (5 * n * d if n > 1 else 4 * d) * 4
+
+
+def floor_bytes(arch: GPTConfig, batch: int, n: int) -> int:
+    """sublayer_bytes over a training step of the GPT: 2 sub-layers per block."""
+    return 2 * arch.n_layer * sublayer_bytes(batch * arch.block_size, arch.n_embd, n)
 
 
 def sweep(widths: dict, variants: list[str], modes: list[bool], repeats: int, steps: int, warmup: int,
@@ -314,8 +318,7 @@ def connection_costs(widths: dict, variants: list[str], repeats: int, device) ->
                     _timed(width_only, device, repeats, inner) if n > 1 else (0.0, 0.0))
             (base_wall, base_cpu) = timed["residual"][1]
             for v, (n, (wall, cpu), (width_wall, width_cpu)) in timed.items():
-                extra_bytes = tokens * 4 * (5 * n * d - 4 * d)  # floor_bytes per sub-layer, n streams - 1 stream
-                floor_ms = 1e3 * extra_bytes / bandwidth
+                floor_ms = 1e3 * (sublayer_bytes(tokens, d, n) - sublayer_bytes(tokens, d, 1)) / bandwidth
                 rows.append({"width": width, "d": d, "tokens": tokens, "variant": v, "n": n,
                              "connection_ms": 1e3 * wall, "connection_cpu_ms": 1e3 * cpu,
                              "width_ms": 1e3 * width_wall, "width_cpu_ms": 1e3 * width_cpu,

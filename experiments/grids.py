@@ -18,6 +18,7 @@ would be optional stopping).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 VARIANTS = ("residual", "dhc1", "dhc2", "dhc4", "dhc8", "dhc4-notanh", "shc2", "shc4", "mhc4")
 
@@ -62,6 +63,10 @@ class Run:
 
     def knob(self, key: str):
         return dict(self.knobs).get(key)
+
+    def folder(self, results: Path) -> Path:
+        """The run's folder in its task's pool: results/<task>/runs/<name>/."""
+        return results / self.task / "runs" / self.name
 
 
 def run(task: str, variant: str, seed: int, **knobs) -> Run:

@@ -133,7 +133,7 @@ def made_by_other_code(run_dir: Path, code: str) -> str | None:
     return None if version == code else version
 
 
-def archive_run(run_dir: Path, version: str) -> Path:
+def archive_run(run_dir: Path, version: str) -> None:
     """Move a finished run of other code to <pool>-code-<version>/<name>/ (nothing is deleted)."""
     dest = run_dir.parent.with_name(f"{run_dir.parent.name}-code-{version}") / run_dir.name
     if dest.exists():
@@ -141,7 +141,6 @@ def archive_run(run_dir: Path, version: str) -> Path:
                              "move one of them away")
     dest.parent.mkdir(parents=True, exist_ok=True)
     run_dir.rename(dest)
-    return dest
 
 
 def quick_corpus() -> Path:
@@ -233,13 +232,13 @@ def main(argv: list[str] | None = None) -> None:
         plan.append((r, args, fingerprint(args, results)))
     try:
         for r, _, print_ in plan:
-            check_folder(results / r.task / "runs" / r.name, print_)
+            check_folder(r.folder(results), print_)
     except ConfigMismatch as e:
         sys.exit(f"reproduce: error: {e}")
     stale = {}  # run -> the code version that made its finished folder, when --regenerate runs it again
     if a.regenerate:
-        stale = {r: v for r, *_ in plan if (v := made_by_other_code(results / r.task / "runs" / r.name, origin["code"]))}
-    todo = [p for p in plan if p[0] in stale or not (results / p[0].task / "runs" / p[0].name / "done.json").is_file()]
+        stale = {r: v for r, *_ in plan if (v := made_by_other_code(r.folder(results), origin["code"]))}
+    todo = [p for p in plan if p[0] in stale or not (p[0].folder(results) / "done.json").is_file()]
     if stale:
         print(f"reproduce: --regenerate: other code made {len(stale)} of the finished runs "
               f"({', '.join(sorted(set(stale.values())))}); each one's folder moves to runs-code-<version>/ as it "
@@ -256,8 +255,8 @@ def main(argv: list[str] | None = None) -> None:
         record = {"fingerprint": print_, **origin, "configs": config_blobs(origin["commit"], args), "study": a.study}
         try:
             if run in stale:
-                archive_run(results / run.task / "runs" / run.name, stale[run])
-            run_one(run, args, results / run.task / "runs" / run.name, in_process=a.scale == "cpu", record=record)
+                archive_run(run.folder(results), stale[run])
+            run_one(run, args, run.folder(results), in_process=a.scale == "cpu", record=record)
         except ConfigMismatch as e:
             sys.exit(f"reproduce: error: {e}")
         except BAD_INPUT as e:  # the same one line `lit-hc` prints; finished runs stay as they are

@@ -93,7 +93,7 @@ def load_study(results: Path, study: Study, allow_mixed: bool = False) -> dict[s
     Runs made by different code (the `code` hash in done.json) are refused in one table unless allow_mixed."""
     runs: dict[str, list[dict]] = {}
     for r in study.runs:
-        path = results / r.task / "runs" / r.name / "done.json"
+        path = r.folder(results) / "done.json"
         if path.is_file():
             done = json.loads(path.read_text())
             code, blobs = _code(done)
