@@ -219,6 +219,11 @@ def wall_clock_steps(budget: Budget, ratio: float, steps: int | None = None) -> 
     return budget.val_every * round((steps or budget.steps) * ratio / budget.val_every)
 
 
+# The LM's DHC x4 was best at the largest LR of the sweep (4x: 1.941 / 1.916 against 1.973 / 1.919 at 2x, seeds 0-1),
+# so the controls also run it at this multiple of the depth study's LR: its best bracketed from above.
+LM_DHC4_TOP_LR = 8.0
+
+
 def confound_controls(task: str, seeds: tuple[int, ...], base: dict) -> tuple[list[Run], tuple]:
     """The parameter and output-init controls at the settings `base`, and the comparisons that read them: the
     baseline one block deeper (more parameters than DHC x4 adds), the baseline with DHC x4's halved output init,
@@ -245,7 +250,8 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
       the other controls. ViT: at L = 12 (600 steps) 2x, then 0.5x, 1x being the best for both arms; at
       L = 24 0.5x first (is the 24-layer baseline only trained at too high an LR? yes: 0.5x is its best), then
       2x (is 1x DHC x4's best from above too? the main grid's own-LR comparison rests on it), then 0.25x (the
-      baseline's bracket from below);
+      baseline's bracket from below). LM: DHC x4 was best at 4x, the largest LR tried, so DHC x4 alone runs at
+      8x last (its bracket from above; the baseline at 4x is already far past its best);
     - output-init confound: the baseline with DHC x4's halved output-projection init; DHC x4 without it;
     - parameters: the baseline one block deeper, more parameters than DHC x4 adds.
 
@@ -261,6 +267,8 @@ def controls_study(task: str = "lm", quick: bool = False) -> Study:
     runs = [run(task, v, s, **base) for s in seeds for v in ("residual", "dhc4")]
     runs += [run(task, v, s, **(base | {"lr": lr * f})) for f in factors for s in seeds[:2] for v in ("residual", "dhc4")]
     confounds, comparisons = confound_controls(task, seeds, base)
+    if task == "lm" and not quick:  # after every other control: added once the sweep above was read
+        confounds += [run(task, "dhc4", s, **(base | {"lr": lr * LM_DHC4_TOP_LR})) for s in seeds[:2]]
     return Study("controls", task, budget, tuple(runs + confounds), choice_seeds=seeds,
                  about=f"controls at depth {L}, width {width}: learning rate, output init, parameters",
                  base_knobs=base, comparisons=comparisons)

@@ -524,12 +524,15 @@ def lr_sweep_markdown(runs: dict[str, list[dict]], base_lr: float) -> str:
     for lr in lrs:
         suffix = "" if lr == base_lr else f"-lr{lr:g}"
         base, hc = runs.get("residual" + suffix), runs.get("dhc4" + suffix)
-        if not base or not hc:
+        if not base and not hc:
             continue
-        cells = [_pm(*mean_std(list(_finals(rs).values()))) + f" ({len(rs)} seed{'s' * (len(rs) > 1)})" for rs in (base, hc)]
-        row = paired_columns(hc, base, tuple(sorted(_finals(hc))))
-        lines.append(f"| {lr:g} ({lr / base_lr:g}x) | {cells[0]} | {cells[1]} | "
-                     f"{paired_cell({f'p_{k}': v for k, v in row.items()}, 'p')} |")
+        cells = [_pm(*mean_std(list(_finals(rs).values()))) + f" ({len(rs)} seed{'s' * (len(rs) > 1)})" if rs else "—"
+                 for rs in (base, hc)]
+        paired = "—"  # one arm alone at an LR (a bracket of its best that the other arm does not need)
+        if base and hc:
+            row = paired_columns(hc, base, tuple(sorted(_finals(hc))))
+            paired = paired_cell({f"p_{k}": v for k, v in row.items()}, "p")
+        lines.append(f"| {lr:g} ({lr / base_lr:g}x) | {cells[0]} | {cells[1]} | {paired} |")
     return "\n".join(["## Learning-rate sweep", "", *lines, ""])
 
 

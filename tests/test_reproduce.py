@@ -194,7 +194,10 @@ def test_controls_pair_with_the_baseline_at_the_main_depth():
     for s in study.choice_seeds:  # every control has its reference pair at the same seed
         assert {f"residual-L{LM_MAIN_DEPTH}-d64-lr0.003-s{s}", f"dhc4-L{LM_MAIN_DEPTH}-d64-lr0.003-s{s}"} <= names
     lrs = {r.knob("lr") for r in study.runs}
-    assert lrs == {0.0015, 0.003, 0.006, 0.012}
+    assert lrs == {0.0015, 0.003, 0.006, 0.012, 0.024}
+    # DHC x4's bracket from above (8x) for DHC x4 alone, last: it was added after the rest had run
+    assert [r.name for r in study.runs[-2:]] == [f"dhc4-L16-d64-lr0.024-s{s}" for s in (0, 1)]
+    assert not [r for r in study.runs if r.knob("lr") == 0.024 and r.variant != "dhc4"]
     assert {r.variant for r in study.runs} == {"residual", "dhc4", "residual-init-0.5", "dhc4-init-none"}
     # the held-out seeds of the main grid are never used to choose anything here
     assert max(r.seed for r in study.runs) == 2
@@ -386,14 +389,15 @@ def test_lr_sweep_table_pairs_the_arms_at_each_lr():
     runs = {"residual": [done("residual", 0, 0.003, 2.2), done("residual", 1, 0.003, 2.1)],
             "dhc4": [done("dhc4", 0, 0.003, 2.1), done("dhc4", 1, 0.003, 2.05)],
             "residual-lr0.006": [done("residual", 0, 0.006, 2.0)], "dhc4-lr0.006": [done("dhc4", 0, 0.006, 1.9)],
-            "dhc4-lr0.012": [done("dhc4", 0, 0.012, 1.8)]}  # no residual at 4x: no row
+            "dhc4-lr0.012": [done("dhc4", 0, 0.012, 1.8)]}  # DHC x4 alone at 4x: its row, nothing paired
     lines = lr_sweep_markdown(runs, 0.003).splitlines()
     rows = [line for line in lines if line.startswith("| 0.")]
-    assert len(rows) == 2
+    assert len(rows) == 3
     # 1x: diffs -0.1, -0.05 -> mean -0.075, std 0.035355, half width 12.706 * 0.035355 / sqrt(2) = 0.317650
     assert rows[0] == ("| 0.003 (1x) | 2.150 ± 0.071 (2 seeds) | 2.075 ± 0.035 (2 seeds) | "
                        "-0.075 [-0.393, +0.243], 2/2 |")
     assert rows[1] == "| 0.006 (2x) | 2.000 (1 seed) | 1.900 (1 seed) | -0.100, 1/1 |"
+    assert rows[2] == "| 0.012 (4x) | — | 1.800 (1 seed) | — |"
 
 
 def test_comparisons_table_pairs_a_control_with_its_reference():
