@@ -205,7 +205,8 @@ def depth_study(task: str = "lm", quick: bool = False) -> Study:
 LM_MAIN_DEPTH = 16
 # The main grid's learning rate, chosen on seeds 0-1 from the controls' LR sweep at LM_MAIN_DEPTH
 # (results/lm/controls): 2x the depth study's LR is the baseline's best (2.060 against 2.137 at 1x and 2.301 at
-# 4x) and within 0.02 of DHC x4's best (1.946 at 2x, 1.929 at 4x), so both arms run at (or near) their best.
+# 4x) and within 0.02 of DHC x4's best (1.946 at 2x, 1.929 at 4x), so both arms run at (or near) their best. (The
+# first make's code; with the current code 2x is DHC x4's best on average too, 1.952 against 1.967 at 4x.)
 LM_MAIN_LR = 2 * LM_LR
 # DHC x4's step time over the baseline's at LM_MAIN_DEPTH in the depth study (seeds 0-2 on this 2-core CPU:
 # 0.421/0.229, 0.433/0.209, 0.353/0.226 s = 1.84, 2.07, 1.56, ratio of the means 1.82): the equal-wall-clock
@@ -219,8 +220,9 @@ def wall_clock_steps(budget: Budget, ratio: float, steps: int | None = None) -> 
     return budget.val_every * round((steps or budget.steps) * ratio / budget.val_every)
 
 
-# The LM's DHC x4 was best at the largest LR of the sweep (4x: 1.941 / 1.916 against 1.973 / 1.919 at 2x, seeds 0-1),
-# so the controls also run it at this multiple of the depth study's LR: its best bracketed from above.
+# The LM's DHC x4 was best at the largest LR of the sweep (4x: 1.941 / 1.916 against 1.973 / 1.919 at 2x, seeds 0-1,
+# the first make's code), so the controls also run it at this multiple of the depth study's LR: its best bracketed
+# from above (8x: 2.076 / 2.115; with the current code 2x and 4x are within 0.02 of each other, results/README.md 2).
 LM_DHC4_TOP_LR = 8.0
 
 
