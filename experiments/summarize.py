@@ -3,6 +3,7 @@ Every number is read from the runs' TensorBoard events and done.json files.
 
     python -m experiments.summarize depth --task lm  # results/lm/depth/ from results/lm/runs/
     python -m experiments.summarize main --task lm
+    python -m experiments.summarize drift --task lm  # results/lm/drift.md: runs remade by newer code vs. their old twins
 """
 from __future__ import annotations
 
@@ -550,11 +551,58 @@ def summarize_study(results: Path, study: Study, command: str, allow_mixed: bool
     return rows
 
 
+def drift_rows(results: Path, task: str) -> list[dict]:
+    """Every run made by two code versions: the archived one (results/<task>/runs-code-<version>/<name>/, moved
+    there by `reproduce --regenerate`) against the one in runs/ of the same name, by final validation loss."""
+    rows = []
+    for old_path in sorted((results / task).glob("runs-code-*/*/done.json")):
+        new_path = results / task / "runs" / old_path.parent.name / "done.json"
+        if not new_path.is_file():
+            continue
+        old, new = json.loads(old_path.read_text()), json.loads(new_path.read_text())
+        a, b = old["final"]["val_loss"], new["final"]["val_loss"]
+        rows.append({"run": old_path.parent.name, "variant": new["run"]["variant"], "old_code": _code(old)[0],
+                     "new_code": _code(new)[0], "old": a, "new": b, "delta": b - a, "identical": a == b})
+    return rows
+
+
+def drift_markdown(task: str, rows: list[dict], command: str) -> str:
+    """Per variant: how many of its runs the code change left bit-identical, and how far the others moved."""
+    lines = [f"# {TASK_NAME[task]}: the same runs made by two code versions", "",
+             f"Written by `{command}`: every run folder of results/{task}/runs/ that has an archived twin in "
+             f"runs-code-<version>/ (same name = same settings and seed), compared by final validation loss. "
+             "Where the code change keeps the maths and only reorders float sums (as speed work does), this is the "
+             "float-order noise of one run: differences between variants below it are not resolved by one run "
+             "per seed.", "",
+             "| variant | runs | bit-identical | median \|new − old\| | largest \|new − old\| (run) |",
+             "|---|---|---|---|---|"]
+    by_variant: dict[str, list[dict]] = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], []).append(r)
+    for variant, rs in by_variant.items():
+        top = max(rs, key=lambda r: abs(r["delta"]))
+        lines.append(f"| {variant} | {len(rs)} | {sum(r['identical'] for r in rs)} | "
+                     f"{statistics.median(abs(r['delta']) for r in rs):.4f} | {abs(top['delta']):.4f} ({top['run']}) |")
+    lines += ["", "| run | old code | new code | old | new | new − old |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['old_code']} | {r['new_code']} | {r['old']:.4f} | {r['new']:.4f} | "
+              f"{r['delta']:+.4f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def summarize_drift(results: Path, task: str, command: str) -> list[dict]:
+    """results/<task>/drift.md from drift_rows (nothing written when no run has an archived twin)."""
+    rows = drift_rows(results, task)
+    if rows:
+        write_atomic(results / task / "drift.md", drift_markdown(task, rows, command))
+    return rows
+
+
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["main", "depth", "controls"])
+    parser.add_argument("study", choices=["main", "depth", "controls", "drift"],
+                        help="drift: runs made again by newer code against their archived twins (results/<task>/drift.md)")
     parser.add_argument("--task", choices=["lm", "vit", "all"], default="all")
     parser.add_argument("--results", default="results")
     parser.add_argument("--quick", action="store_true")
@@ -563,6 +611,10 @@ if __name__ == "__main__":
     a = parser.parse_args()
     command = "python -m experiments.summarize " + " ".join(sys.argv[1:])
     try:
+        if a.study == "drift":
+            for task in ["lm", "vit"] if a.task == "all" else [a.task]:
+                summarize_drift(Path(a.results), task, command)
+            sys.exit(0)
         for study in studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick, scale=a.scale):
             summarize_study(Path(a.results), study, command, a.allow_mixed_code)
     except ValueError as e:

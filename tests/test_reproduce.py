@@ -487,3 +487,29 @@ def test_depth_figure_of_a_study_part_way():
     rows = [{"depth": 12, "residual_loss": 0.48, "residual_std": 0.01}, {"depth": 4, "residual_loss": 0.6,
                                                                        "residual_std": None}]
     assert _png(depth_figure(rows, "vit")).startswith(b"\x89PNG")
+
+
+def test_drift_pairs_each_remade_run_with_its_archived_twin(tmp_path):
+    """summarize drift: a run in runs/ against its twin in runs-code-<version>/, by final loss; runs without a
+    twin are left out, and a variant's bit-identical runs are counted."""
+    from experiments.summarize import drift_markdown, drift_rows
+
+    def done(folder, variant, loss):
+        folder.mkdir(parents=True)
+        (folder / "done.json").write_text(json.dumps({"run": {"variant": variant}, "final": {"val_loss": loss},
+                                                      "commit": "unknown", "code": folder.parent.name[-4:]}))  # aaaa or runs
+    lm = tmp_path / "lm"
+    done(lm / "runs-code-aaaa" / "dhc4-s0", "dhc4", 2.0)
+    done(lm / "runs" / "dhc4-s0", "dhc4", 1.975)
+    done(lm / "runs-code-aaaa" / "dhc4-s1", "dhc4", 2.0)
+    done(lm / "runs" / "dhc4-s1", "dhc4", 2.01)
+    done(lm / "runs-code-aaaa" / "residual-s0", "residual", 2.5)
+    done(lm / "runs" / "residual-s0", "residual", 2.5)
+    done(lm / "runs-code-aaaa" / "shc4-s0", "shc4", 2.1)  # its new run has not finished: not a pair
+    rows = drift_rows(tmp_path, "lm")
+    assert [(r["run"], r["old_code"], r["new_code"]) for r in rows] == [
+        ("dhc4-s0", "aaaa", "runs"), ("dhc4-s1", "aaaa", "runs"), ("residual-s0", "aaaa", "runs")]
+    assert [round(r["delta"], 6) for r in rows] == [-0.025, 0.01, 0.0] and [r["identical"] for r in rows] == [
+        False, False, True]
+    md = drift_markdown("lm", rows, "cmd")
+    assert "| dhc4 | 2 | 0 | 0.0175 | 0.0250 (dhc4-s0) |" in md and "| residual | 1 | 1 | 0.0000 |" in md
