@@ -560,6 +560,9 @@ def drift_rows(results: Path, task: str) -> list[dict]:
         if not new_path.is_file():
             continue
         old, new = json.loads(old_path.read_text()), json.loads(new_path.read_text())
+        for path, record in ((old_path, old), (new_path, new)):
+            if "val_loss" not in record.get("final", {}) or "variant" not in record.get("run", {}):
+                raise ValueError(f"{path} has no final val_loss or run variant; is it a done.json of this runner?")
         a, b = old["final"]["val_loss"], new["final"]["val_loss"]
         rows.append({"run": old_path.parent.name, "variant": new["run"]["variant"], "old_code": _code(old)[0],
                      "new_code": _code(new)[0], "old": a, "new": b, "delta": b - a, "identical": a == b})
@@ -610,12 +613,15 @@ if __name__ == "__main__":
     parser.add_argument("--allow-mixed-code", action="store_true")
     a = parser.parse_args()
     command = "python -m experiments.summarize " + " ".join(sys.argv[1:])
+    tasks = ["lm", "vit"] if a.task == "all" else [a.task]
     try:
         if a.study == "drift":
-            for task in ["lm", "vit"] if a.task == "all" else [a.task]:
-                summarize_drift(Path(a.results), task, command)
-            sys.exit(0)
-        for study in studies(a.study, ["lm", "vit"] if a.task == "all" else [a.task], a.quick, scale=a.scale):
-            summarize_study(Path(a.results), study, command, a.allow_mixed_code)
+            for task in tasks:
+                if not summarize_drift(Path(a.results), task, command):
+                    print(f"summarize: no run in {a.results}/{task}/runs has an archived twin in runs-code-*/; "
+                          "nothing to compare", file=sys.stderr)
+        else:
+            for study in studies(a.study, tasks, a.quick, scale=a.scale):
+                summarize_study(Path(a.results), study, command, a.allow_mixed_code)
     except ValueError as e:
         sys.exit(f"summarize: error: {e}")

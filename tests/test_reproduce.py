@@ -513,3 +513,7 @@ def test_drift_pairs_each_remade_run_with_its_archived_twin(tmp_path):
         False, False, True]
     md = drift_markdown("lm", rows, "cmd")
     assert "| dhc4 | 2 | 0 | 0.0175 | 0.0250 (dhc4-s0) |" in md and "| residual | 1 | 1 | 0.0000 |" in md
+    (lm / "runs" / "shc4-s0").mkdir()
+    (lm / "runs" / "shc4-s0" / "done.json").write_text("{}")  # not a runner's done.json: named, not a KeyError
+    with pytest.raises(ValueError, match="shc4-s0/done.json has no final val_loss"):
+        drift_rows(tmp_path, "lm")

@@ -8,6 +8,7 @@ import torch
 
 from helpers import CONFIGS, ROOT, lm_args, run_dir, scalars, write_toy_corpus
 from lit_hc.cli import cli_main
+from lit_hc.layers import Attention
 
 
 def _weights(cli):
@@ -80,20 +81,12 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path):
         else:
             w = b[k]
         torch.testing.assert_close(w, v, rtol=1e-4, atol=1e-5, msg=k)
+    attn = Attention(32, 2, causal=True)  # lm_args: n_embd 32, 2 heads, learned positions (no RoPE)
     x = torch.randn(2, 5, 32)
-    attn = _attention(a)
     y = attn(x)
     with torch.no_grad():
-        attn.qkv.bias[32:64].add_(torch.randn(32))  # any key bias: the same output
+        attn.qkv.bias[32:64].add_(torch.randn(32))  # any key bias (the middle third of qkv): the same output
     torch.testing.assert_close(attn(x), y, rtol=1e-5, atol=1e-6)
-
-
-def _attention(state_dict):
-    from lit_hc.layers import Attention
-    attn = Attention(32, 2, causal=True)  # lm_args: n_embd 32, 2 heads, learned positions (no RoPE)
-    attn.load_state_dict({k.removeprefix("net.blocks.0.attn."): v for k, v in state_dict.items()
-                          if k.startswith("net.blocks.0.attn.")})
-    return attn
 
 
 @pytest.mark.slow
