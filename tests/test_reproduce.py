@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from experiments.grids import MAIN_SEEDS, depth_study, main_study, run
+from experiments.grids import MAIN_SEEDS, VIT_MAIN_LR, depth_study, main_study, run
 from experiments.reproduce import cli_args
 from experiments.reproduce import main as reproduce
 from experiments.summarize import units_to_reach
@@ -87,7 +87,9 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
             and r.variant in MAIN_SEEDS]
     seeds = {v: sorted(r.seed for r in grid if r.variant == v) for v in MAIN_SEEDS}
     assert seeds["residual"] == seeds["dhc4"] == [0, 1, 2, 3, 4, 5]  # >= 5 seeds, paired
-    assert all(seeds[v] == [0, 1, 2] for v in MAIN_SEEDS if v not in ("residual", "dhc4"))
+    assert all(seeds[v] == [0, 1, 2, 3, 4, 5] for v in MAIN_SEEDS)  # the secondary claims get confirmation seeds too
+    assert all(sorted(r.seed for r in main_study("vit").runs if r.variant == v and r.knob("lr") == VIT_MAIN_LR)
+               == [0, 1, 2] for v in MAIN_SEEDS if v not in ("residual", "dhc4"))  # the ViT's stay on the choice seeds
     # the LR was chosen on seeds 0-1 of the controls' sweep: those runs are the grid's, made once
     assert {r.name for r in grid if r.seed < 2 and r.variant in ("residual", "dhc4")} <= {
         r.name for r in controls_study().runs}
