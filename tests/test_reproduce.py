@@ -519,3 +519,17 @@ def test_drift_pairs_each_remade_run_with_its_archived_twin(tmp_path):
     (lm / "runs" / "shc4-s0" / "done.json").write_text("{}")  # not a runner's done.json: named, not a KeyError
     with pytest.raises(ValueError, match="shc4-s0/done.json has no final val_loss"):
         drift_rows(tmp_path, "lm")
+
+
+def test_product_gains_table_reads_the_last_sub_layer_of_every_seed():
+    from experiments.summarize import product_gains_markdown
+
+    def done(*last):
+        return {"residual_gains": [[1.0, 1.0], list(last)]}
+
+    runs = {"residual": [done(1.0, 1.0)], "dhc4": [done(9.0, 4.0), done(3.0, 2.0), done(5.0, 8.0)],
+            "mhc4": [done(1.0, 1.0)]}
+    rows = [line for line in product_gains_markdown(runs).splitlines() if line.startswith("| ") and "---" not in line]
+    # median [min, max] over seeds of the last sub-layer's gains; the baseline has no stream product
+    assert rows[1:] == ["| dhc4 | 3 | 2 | 5 [3, 9] | 4 [2, 8] |", "| mhc4 | 1 | 2 | 1 [1, 1] | 1 [1, 1] |"]
+    assert product_gains_markdown({"residual": [done(1.0, 1.0)]}) == ""
