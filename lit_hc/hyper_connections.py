@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lit_hc import cpu_kernels
+
 Branch = Callable[[torch.Tensor], torch.Tensor]
 NormLayer = Callable[[int], nn.Module]
 
@@ -646,7 +648,10 @@ class _Sinkhorn(torch.autograd.Function):
 
     Every op runs on an (n, n, tokens) layout, tokens innermost: on CPU each division or sum then loops over the
     tokens contiguously instead of over n = 4 entries, which is most of the speed-up; the graph autograd would build
-    (2 x iters divisions and sums per call, each saving its inputs) is the rest.
+    (2 x iters divisions and sums per call, each saving its inputs) is the rest. On the CPU the iterations (forward,
+    and recomputation plus reverse in backward) run in one C++ kernel per call where it builds
+    (lit_hc/cpu_kernels.py), which does the same arithmetic in the same order: bit for bit these loops up to n = 4
+    (tested), to rounding beyond.
     """
 
     @staticmethod
@@ -654,26 +659,36 @@ class _Sinkhorn(torch.autograd.Function):
         return x.reshape(-1, *x.shape[-2:]).permute(1, 2, 0).contiguous()  # (..., n, n) -> (n, n, tokens)
 
     @staticmethod
-    def _iterate(logits: torch.Tensor, iters: int, steps: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _start(logits: torch.Tensor) -> torch.Tensor:
         x = _Sinkhorn._tokens_last(logits.to(torch.promote_types(logits.dtype, torch.float32)))
-        M0 = torch.exp(x - x.amax(dim=(0, 1), keepdim=True))
-        return M0, _sinkhorn_loop(M0, iters, row=0, col=1, steps=steps)
+        return torch.exp(x - x.amax(dim=(0, 1), keepdim=True))
+
+    @staticmethod
+    def _kernel(M0: torch.Tensor):
+        """The fused C++ iterations (lit_hc/csrc/sinkhorn.cpp) where they apply and built; bit for bit the loop."""
+        return cpu_kernels.sinkhorn() if M0.device.type == "cpu" else None
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, iters: int) -> torch.Tensor:
         ctx.save_for_backward(logits)
         ctx.iters = iters
-        _, M = _Sinkhorn._iterate(logits, iters)
+        M0 = _Sinkhorn._start(logits)
+        kernel = _Sinkhorn._kernel(M0)
+        M = kernel.forward(M0, iters) if kernel else _sinkhorn_loop(M0, iters, row=0, col=1)
         return M.permute(2, 0, 1).reshape(logits.shape)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (logits,) = ctx.saved_tensors
-        steps: list = []
-        M0, _ = _Sinkhorn._iterate(logits, ctx.iters, steps)
+        M0 = _Sinkhorn._start(logits)
         g = _Sinkhorn._tokens_last(grad.to(M0.dtype))
-        for M, divisor, dim in reversed(steps):  # M = P / P.sum(dim)  =>  dL/dP = (g - sum_dim(g * M)) / P.sum(dim)
-            g = (g - (g * M).sum(dim, keepdim=True)) / divisor
+        if kernel := _Sinkhorn._kernel(M0):
+            g = kernel.backward(M0, g, ctx.iters)
+        else:
+            steps: list = []
+            _sinkhorn_loop(M0, ctx.iters, row=0, col=1, steps=steps)
+            for M, divisor, dim in reversed(steps):  # M = P / P.sum(dim) => dL/dP = (g - sum_dim(g * M)) / P.sum(dim)
+                g = (g - (g * M).sum(dim, keepdim=True)) / divisor
         # M0 = exp(x - max x): the shift's term is -sum(g * M0), zero because the result does not change when M0 is
         # scaled (it is left out, as rounding is all autograd would add).
         return (g * M0).permute(2, 0, 1).reshape(logits.shape).to(logits.dtype), None
@@ -683,7 +698,7 @@ def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
     """exp(logits), then alternately normalise rows and columns; float32 (float64 stays float64); (..., n, n).
 
     Columns sum to 1 exactly after the last step, rows approximately (the residual shrinks geometrically).
-    Eager: one autograd Function (_Sinkhorn); compiled: the plain loop, which inductor fuses.
+    Eager: one autograd Function (_Sinkhorn; on the CPU a fused C++ kernel); compiled: the plain loop.
     """
     if torch.compiler.is_compiling():
         return _sinkhorn_reference(logits, iters).to(logits.dtype)
