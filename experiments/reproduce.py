@@ -41,6 +41,24 @@ ROOT = Path(__file__).resolve().parents[1]
 CODE_PATHS = ("lit_hc", "pyproject.toml", "uv.lock")
 
 
+# Code versions that make the numbers of an earlier version bit for bit, each with its evidence: a run of the
+# earlier version is then neither "other code" for --regenerate nor a second version in one table. An entry needs
+# both a test that the changed path computes exactly what the old one did and remade runs identical to their
+# twins (python -m experiments.summarize drift); anything less is a new version, and its runs are remade.
+SAME_NUMBERS: dict[str, tuple[str, str]] = {}  # version -> (the earlier version, the evidence)
+
+
+def numbers_version(code: str) -> str:
+    """The oldest code version whose numbers `code` makes bit for bit (SAME_NUMBERS), `code` itself if none."""
+    seen = {code}
+    while code in SAME_NUMBERS:
+        code = SAME_NUMBERS[code][0]
+        if code in seen:
+            raise ValueError(f"SAME_NUMBERS loops at {code}; each entry must point to an older version")
+        seen.add(code)
+    return code
+
+
 class ConfigMismatch(ValueError):
     """A run folder holds a run of another configuration."""
 
@@ -123,14 +141,16 @@ def check_folder(run_dir: Path, print_: str) -> None:
 
 
 def made_by_other_code(run_dir: Path, code: str) -> str | None:
-    """The code version of the finished run in `run_dir` if it is not `code` or had uncommitted changes (then
-    "<version>-dirty"); None for an unfinished run or one this code made."""
+    """The code version of the finished run in `run_dir` if it does not make `code`'s numbers (SAME_NUMBERS) or had
+    uncommitted changes (then "<version>-dirty"); None for an unfinished run or one this code's numbers."""
     done = run_dir / "done.json"
     if not done.is_file():
         return None
     record = json.loads(done.read_text())
-    version = str(record.get("code") or "unknown") + ("-dirty" if record.get("dirty", True) else "")
-    return None if version == code else version
+    version = str(record.get("code") or "unknown")
+    if record.get("dirty", True):
+        return version + "-dirty"
+    return None if numbers_version(version) == numbers_version(code) else version
 
 
 def archive_run(run_dir: Path, version: str) -> None:

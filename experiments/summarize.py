@@ -91,7 +91,8 @@ def _code(done: dict) -> tuple[str, dict[str, str]]:
 def load_study(results: Path, study: Study, allow_mixed: bool = False) -> dict[str, list[dict]]:
     """label -> finished runs (done.json, plus 'seed'), in the study's order; runs not finished yet are left out.
 
-    Runs made by different code (the `code` hash in done.json) are refused in one table unless allow_mixed."""
+    Runs made by different code (the `code` hash in done.json; versions that make the same numbers bit for bit,
+    SAME_NUMBERS, count as one) are refused in one table unless allow_mixed."""
     runs: dict[str, list[dict]] = {}
     for r in study.runs:
         path = r.folder(results) / "done.json"
@@ -99,8 +100,10 @@ def load_study(results: Path, study: Study, allow_mixed: bool = False) -> dict[s
             done = json.loads(path.read_text())
             code, blobs = _code(done)
             runs.setdefault(label(done, study), []).append(done | {"seed": r.seed, "code": code, "configs": blobs})
+    from experiments.reproduce import numbers_version
+
     done = [d for rs in runs.values() for d in rs]
-    codes = {d["code"] for d in done}
+    codes = {numbers_version(d["code"]) for d in done}  # versions that make the same numbers count as one
     configs = {path: {d["configs"][path] for d in done if path in d["configs"]} for d in done for path in d["configs"]}
     changed = sorted(path for path, blobs in configs.items() if len(blobs) > 1)
     if (len(codes) > 1 or changed) and not allow_mixed:
@@ -348,9 +351,13 @@ def provenance_lines(runs: dict[str, list[dict]]) -> list[str]:
     done = [r for rs in runs.values() for r in rs]
     commits = sorted({(r.get("commit", "unknown")[:10], r.get("code", "unknown")) for r in done})
     dirty = sum(bool(r.get("dirty", True)) for r in done)
+    from experiments.reproduce import SAME_NUMBERS
+
     text = "; ".join(f"commit {c} (code {h})" for c, h in commits)
+    same = [f"Code {h} makes the numbers of code {SAME_NUMBERS[h][0]} bit for bit: {SAME_NUMBERS[h][1]}."
+            for h in sorted({h for _, h in commits}) if h in SAME_NUMBERS]
     return [f"Runs made by {text}" + (f"; {dirty} of {len(done)} with uncommitted changes." if dirty else
-                                      "; no run had uncommitted changes.")]
+                                      "; no run had uncommitted changes."), *same]
 
 
 def _pair_cell(rows: list[dict] | None, refs: list[dict] | None, seeds: tuple[int, ...], metric: str = "val_loss") -> str:

@@ -276,6 +276,35 @@ def test_tables_refuse_runs_of_different_code(tmp_path):
         summarize_study(tmp_path, study, "test")
 
 
+def test_code_that_makes_the_same_numbers_counts_as_the_old_version(tmp_path, monkeypatch):
+    import experiments.reproduce as runner
+    from experiments.summarize import load_study, provenance_lines
+
+    monkeypatch.setattr(runner, "SAME_NUMBERS", {"bbbbbbbbbbbb": ("aaaaaaaaaaaa", "a kernel, bit for bit"),
+                                                 "cccccccccccc": ("bbbbbbbbbbbb", "a refactor")})
+    assert runner.numbers_version("cccccccccccc") == "aaaaaaaaaaaa" == runner.numbers_version("aaaaaaaaaaaa")
+    assert runner.numbers_version("dddddddddddd") == "dddddddddddd"
+    study = main_study("lm", quick=True)
+    for r, code in zip(study.runs[:2], ("aaaaaaaaaaaa", "cccccccccccc")):
+        r.folder(tmp_path).mkdir(parents=True)
+        (r.folder(tmp_path) / "done.json").write_text(json.dumps(
+            {"commit": "unknown", "code": code, "dirty": False, "args": [], "run": vars(r), "name": r.name,
+             "final": {"val_loss": 1.0}}))
+    # --regenerate keeps a run of code that makes this code's numbers, remakes one that does not or was dirty
+    first = study.runs[0].folder(tmp_path)
+    assert runner.made_by_other_code(first, "cccccccccccc") is None
+    assert runner.made_by_other_code(first, "dddddddddddd") == "aaaaaaaaaaaa"
+    runs = load_study(tmp_path, study)  # one table: no mixing refused
+    lines = provenance_lines(runs)
+    assert "Code cccccccccccc makes the numbers of code bbbbbbbbbbbb bit for bit: a refactor." in lines
+    monkeypatch.setattr(runner, "SAME_NUMBERS", {})
+    with pytest.raises(ValueError, match="2 code versions"):
+        load_study(tmp_path, study)
+    monkeypatch.setattr(runner, "SAME_NUMBERS", {"aaaaaaaaaaaa": ("bbbbbbbbbbbb", ""), "bbbbbbbbbbbb": ("aaaaaaaaaaaa", "")})
+    with pytest.raises(ValueError, match="SAME_NUMBERS loops"):
+        runner.numbers_version("aaaaaaaaaaaa")
+
+
 @pytest.mark.slow
 def test_quick_depth_study_end_to_end(tmp_path):
     reproduce(["--quick", "--study", "depth", "--results", str(tmp_path)])
