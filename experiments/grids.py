@@ -116,6 +116,10 @@ SCALED_GRIDS = {"mid": {"residual": 3, "dhc4": 3}, "paper": {"residual": 1, "dhc
 LM_BUDGET = Budget(steps=600, batch_size=16, val_every=100)
 LM_WIDTH, LM_LR = 64, 3e-3
 DEPTHS = (4, 8, 16, 32)
+# The LM depth study's held-out seeds: seeds 0-2 chose the main grid's depth from it, so whether the gain grows with
+# depth is read again on seeds 3-5, run after every choice had been fixed (the ViT's depth study has none yet: at
+# ~4 h per seed set on this CPU it waits for a GPU).
+DEPTH_CONFIRM_SEEDS = {"lm": (3, 4, 5), "vit": ()}
 
 # ViT regime of the depth study and the main grid: the generated shapes (10 classes, 32 px, 5,000 training and
 # 3,000 validation images: 300 per class, so a top-1 difference of 2 points is about one binomial std of a
@@ -183,19 +187,21 @@ def depth_study(task: str = "lm", quick: bool = False) -> Study:
     """Does HC's gain grow with depth at fixed width? Residual vs DHC x4 against depth, equal tokens (images).
 
     LM: L in DEPTHS at width 64; ViT: L in VIT_DEPTHS at width 64. Seeds 0-2 are the choice set: the main grid's
-    depth is picked from this study. Runs go depth by depth in the tuple's order, every seed of a depth before the
-    next, so an interrupted study already holds whole depths. QUICK: L in {1, 2}, width 32.
+    depth is picked from this study; DEPTH_CONFIRM_SEEDS (LM: 3-5) read the trend again. Runs go depth by depth in
+    the tuple's order, every seed of a depth before the next (the choice seeds first, then the confirmation seeds),
+    so an interrupted study already holds whole depths. QUICK: L in {1, 2}, width 32, seed 0 then seed 1.
     """
     if task == "lm":
         depths, width, lr, budget, regime = DEPTHS, LM_WIDTH, LM_LR, LM_BUDGET, {}
     else:
         depths, width, lr, budget, regime = VIT_DEPTHS, VIT_WIDTH, VIT_LR, VIT_BUDGET, VIT_REGIME
-    seeds = (0, 1, 2)
+    seeds, confirm = (0, 1, 2), DEPTH_CONFIRM_SEEDS[task]
     if quick:
-        depths, width, seeds, budget, regime = (1, 2), 32, (0, 1), QUICK_BUDGET[task], {}
+        depths, width, seeds, confirm, budget, regime = (1, 2), 32, (0,), (1,), QUICK_BUDGET[task], {}
+    # The confirmation seeds after every choice seed, again depth by depth: the figure as first read comes first.
     runs = tuple(run(task, v, s, L=L, d=width, lr=lr, **regime)
-                 for L in depths for s in seeds for v in ("residual", "dhc4"))
-    return Study("depth", task, budget, runs, choice_seeds=seeds,
+                 for part in (seeds, confirm) for L in depths for s in part for v in ("residual", "dhc4"))
+    return Study("depth", task, budget, runs, choice_seeds=seeds, confirm_seeds=confirm,
                  about="paired Δ (DHC x4 − residual) of the final validation loss against depth at width "
                        f"{width}, equal {'tokens' if task == 'lm' else 'images'}",
                  base_knobs={"d": width, "lr": lr, **regime})

@@ -432,8 +432,12 @@ def depth_rows(study: Study, runs: dict[str, list[dict]]) -> list[dict]:
                     row[f"{name}_top1"], row[f"{name}_top1_std"] = mean_std(list(_finals(rs, "top1").values()))
             row |= {f"top1_{k}": v for k, v in paired_columns(hc, base, study.seeds, "top1").items()}
         row |= paired_columns(hc, base, study.seeds)
+        if study.confirm_seeds:  # the same difference on each seed set apart (choice, then held-out)
+            for part, seeds in seed_sets(study):
+                row |= {f"{part}_{k}": v for k, v in paired_columns(hc, base, seeds).items()}
         d = paired(_finals(hc), _finals(base))
         row["diffs"] = json.dumps([round(x, 6) for x in d.diffs] if d else [])
+        row["diff_seeds"] = json.dumps(list(d.seeds) if d else [])
         if row.get("residual_step_s") and row.get("dhc4_step_s"):
             row["step_time_ratio"] = row["dhc4_step_s"] / row["residual_step_s"]
         rows.append(row)
@@ -457,7 +461,11 @@ def depth_markdown(study: Study, rows: list[dict], command: str, provenance: lis
     head = ("| depth L | params residual | Δ params DHC x4 | residual val loss | DHC x4 val loss | paired Δ ± std | "
             "95% CI | DHC x4 better | " + ("residual top-1 % | DHC x4 top-1 % | paired Δ top-1 [95% CI], wins | "
                                           if vit else "") + "step time × |")
-    lines = [head, "|" + "---|" * (12 if vit else 9)]
+    sets = seed_sets(study) if study.confirm_seeds else ()
+    if sets:  # after 'DHC x4 better': the paired difference of each seed set apart
+        head = head.replace("DHC x4 better | ", "DHC x4 better | " + "".join(
+            f"{SEED_SET_NAMES[p]} {list(s)} [95% CI], wins | " for p, s in sets))
+    lines = [head, "|" + "---|" * ((12 if vit else 9) + len(sets))]
     for r in rows:
         dp = (r["dhc4_params"] - r["residual_params"]) if r.get("dhc4_params") and r.get("residual_params") else None
         top1 = ""
@@ -469,7 +477,8 @@ def depth_markdown(study: Study, rows: list[dict], command: str, provenance: lis
             f"{_pm(r['residual_loss'], r['residual_std']) if 'residual_loss' in r else '—'} | "
             f"{_pm(r['dhc4_loss'], r['dhc4_std']) if 'dhc4_loss' in r else '—'} | "
             f"{_signed_pm(r['delta'], r['delta_std']) if 'delta' in r else '—'} | "
-            f"{_ci(r)} | {_wins(r)} | {top1}{_fmt(r.get('step_time_ratio'), 2)} |")
+            f"{_ci(r)} | {_wins(r)} | {''.join(paired_cell(r, p) + ' | ' for p, _ in sets)}{top1}"
+            f"{_fmt(r.get('step_time_ratio'), 2)} |")
     b, k = study.budget, study.base_knobs
     steps = k.get("steps", b.steps)  # a study's base knobs can lengthen its budget (the warmup stays the budget's)
     warmup = f"warmup {max(1, b.steps // 10)} steps then cosine to {0.05 if vit else 0.1:g}x"
@@ -484,14 +493,19 @@ def depth_markdown(study: Study, rows: list[dict], command: str, provenance: lis
     return "\n".join([
         f"# {TASK_NAME[study.task]} depth study: {study.about}", "",
         f"Written by `{command}` from the runs in results/{study.task}/runs/ (each run's command is in its "
-        f"done.json). {regime}; seeds {list(study.seeds)} (the seeds the main grid's depth was chosen on).",
+        f"done.json). {regime}; seeds {list(study.seeds)}"
+        + (f": the main grid's depth was chosen on {list(study.choice_seeds)}, and {list(study.confirm_seeds)} "
+           "(run after every choice was fixed) confirm the trend, each set also apart." if sets else
+           " (the seeds the main grid's depth was chosen on)."),
         "Paired Δ = DHC x4 − residual per seed (same data order and non-HC init); mean ± sample std, 95% "
         "t-interval, and the seeds where DHC x4 has the lower loss" + (" (top-1: the higher)" if vit else "") +
         ". Step time × = DHC x4 / residual, medians of the logged step times on this 2-core CPU.", "", *lines, "",
         *provenance, ""])
 
 
-def depth_figure(rows: list[dict], task: str = "lm") -> Figure:
+def depth_figure(rows: list[dict], task: str = "lm", confirm_seeds: tuple[int, ...] = ()) -> Figure:
+    """Left: the paired difference per seed and its mean with the 95% t-interval against depth (held-out seeds,
+    `confirm_seeds`, drawn hollow); right: both arms' mean final loss."""
     fig = Figure(figsize=(9, 3.8), layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
     done = [r for r in rows if "delta" in r]  # depths with both arms; a study part-way has fewer than `rows`
@@ -502,10 +516,15 @@ def depth_figure(rows: list[dict], task: str = "lm") -> Figure:
     ax.errorbar([r["depth"] for r in done], means, yerr=[lo, hi], marker="o", capsize=4, color="C1",
                 label="mean, 95% t-interval")
     for r in done:
-        ax.scatter([r["depth"]] * r["n"], json.loads(r["diffs"]), s=10, color="gray", zorder=3)
+        diffs = dict(zip(json.loads(r.get("diff_seeds") or "[]") or range(r["n"]), json.loads(r["diffs"])))
+        for held_out in (False, True):
+            ys = [y for s, y in diffs.items() if (s in confirm_seeds) == held_out]
+            style = {"facecolors": "none", "edgecolors": "black"} if held_out else {"color": "gray"}
+            ax.scatter([r["depth"]] * len(ys), ys, s=12, zorder=3, **style,
+                       label=("confirmation seeds" if held_out else "choice seeds") if r is done[0] and ys else None)
     ax.axhline(0.0, color="gray", lw=0.8, ls="--")
     unit = "nats/byte" if task == "lm" else "nats"
-    _depth_axis(ax, depths, f"val loss: DHC x4 − residual ({unit})", "Paired difference per seed (gray) and mean")
+    _depth_axis(ax, depths, f"val loss: DHC x4 − residual ({unit})", "Paired difference per seed and mean")
     for name, color in (("residual", "C0"), ("dhc4", "C1")):
         pts = [(r["depth"], r[f"{name}_loss"], r[f"{name}_std"] or 0) for r in rows if f"{name}_loss" in r]
         if pts:
@@ -532,7 +551,7 @@ def summarize_depth(results: Path, study: Study, command: str, allow_mixed: bool
         return []
     out = results / study.task / study.name
     _write_table(out, rows, depth_markdown(study, rows, command, provenance_lines(runs)))
-    write_atomic(out / "depth.png", _png(depth_figure(rows, study.task)))
+    write_atomic(out / "depth.png", _png(depth_figure(rows, study.task, study.confirm_seeds)))
     # The learned connections of DHC x4's lowest seed at every depth (the paper's Fig. 7 view), and the gain of
     # the residual products over depth (the mHC paper's diagnostic), one line per depth.
     deep = {lab: rs[0] for lab, rs in runs.items() if lab.startswith("dhc4") and rs[0].get("connection_matrices")}

@@ -207,14 +207,49 @@ def test_controls_pair_with_the_baseline_at_the_main_depth():
 
 def test_depth_study_pairs_every_depth_and_seed():
     study = depth_study()
-    assert study.choice_seeds == (0, 1, 2) and not study.confirm_seeds
+    assert study.choice_seeds == (0, 1, 2) and study.confirm_seeds == (3, 4, 5)
     cells = {(r.knob("L"), r.seed): set() for r in study.runs}
     for r in study.runs:
         cells[(r.knob("L"), r.seed)].add(r.variant)
         assert r.knob("d") == 64 and r.knob("lr") == 3e-3
     assert sorted({L for L, _ in cells}) == [4, 8, 16, 32]
+    assert sorted({s for _, s in cells}) == [0, 1, 2, 3, 4, 5]
     assert all(v == {"residual", "dhc4"} for v in cells.values())  # each depth and seed has both arms
-    assert len({r.name for r in study.runs}) == len(study.runs) == 24
+    assert len({r.name for r in study.runs}) == len(study.runs) == 48
+    # every choice run comes before every held-out one (the study as first read is the first half, unchanged),
+    # and the held-out half again goes depth by depth, both arms of a seed together
+    assert [r.seed in (0, 1, 2) for r in study.runs] == [True] * 24 + [False] * 24
+    assert [(r.knob("L"), r.seed, r.variant) for r in study.runs[24:28]] == [
+        (4, 3, "residual"), (4, 3, "dhc4"), (4, 4, "residual"), (4, 4, "dhc4")]
+    assert not depth_study("vit").confirm_seeds  # the ViT's waits for a GPU (grids.py)
+
+
+def test_depth_rows_report_the_choice_and_the_held_out_seeds_apart():
+    """At each depth: the paired Δ over all seeds, and on the choice and the confirmation seeds apart (hand-computed
+    means and t-intervals), the seeds behind each plotted difference, and a table with one column per set."""
+    from experiments.grids import LM_BUDGET, Study
+    from experiments.summarize import _png, depth_figure, depth_markdown, depth_rows
+
+    base = {0: 2.0, 1: 2.1, 2: 2.2, 3: 2.0, 4: 2.1}
+    hc = {0: 1.9, 1: 2.0, 2: 2.15, 3: 1.96, 4: 2.08}  # diffs -0.1, -0.1, -0.05 | -0.04, -0.02
+    done = lambda v, s, loss: {"run": {"variant": v, "knobs": [["L", 16]]}, "seed": s,  # noqa: E731
+                               "final": {"val_loss": loss}, "params": 10}
+    runs = {"residual-L16": [done("residual", s, x) for s, x in base.items()],
+            "dhc4-L16": [done("dhc4", s, x) for s, x in hc.items()]}
+    study = Study("depth", "lm", LM_BUDGET, (), (0, 1, 2), (3, 4, 5), about="a", base_knobs={"d": 64, "lr": 3e-3})
+    (row,) = depth_rows(study, runs)
+    assert row["n"] == 5 and row["delta"] == pytest.approx(-0.062, abs=1e-12) and row["wins"] == 5
+    assert row["choice_n"] == 3 and row["choice_delta"] == pytest.approx(-0.25 / 3, abs=1e-12)
+    # choice: std of (-0.1, -0.1, -0.05) = 0.0288675; t(2) = 4.303 (the table's 3 decimals) -> half-width 0.071717
+    assert row["choice_ci_hi"] - row["choice_delta"] == pytest.approx(4.303 * 0.0288675 / 3 ** 0.5, rel=1e-5)
+    # confirmation: 2 of its 3 seeds ran; diffs -0.04, -0.02, std 0.0141421, t(1) = 12.706
+    assert row["confirm_n"] == 2 and row["confirm_delta"] == pytest.approx(-0.03, abs=1e-12)
+    assert row["confirm_ci_lo"] == pytest.approx(-0.03 - 12.706 * 0.0141421 / 2 ** 0.5, rel=1e-5)
+    assert json.loads(row["diff_seeds"]) == [0, 1, 2, 3, 4]
+    text = depth_markdown(study, [row], "cmd", [])
+    assert "| choice seeds [0, 1, 2] [95% CI], wins | confirmation seeds [3, 4, 5] [95% CI], wins |" in text
+    assert "| -0.083 [-0.155, -0.012], 3/3 | -0.030 [-0.157, +0.097], 2/2 |" in text
+    assert _png(depth_figure([row], "lm", study.confirm_seeds)).startswith(b"\x89PNG")
 
 
 def test_paired_runs_share_data_order_and_non_hc_init(tmp_path):
