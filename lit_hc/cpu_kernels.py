@@ -5,7 +5,8 @@ for bit (tested) and is only slower. `LIT_HC_CPU_KERNELS=0` skips the build.
 Why by hand: at mHC's size the Sinkhorn iterations are hundreds of tiny ops per sub-layer, which eager PyTorch runs
 one by one and which torch.compile on CPU did not make faster (measured on the (n, n, tokens) loop: 0.74 ms compiled
 against 0.55 ms eager, forward, 2,048 tokens, one thread); the kernel keeps a block of tokens in cache through
-every iteration.
+every iteration. Under torch.compile the same kernel runs as a custom op inside the graph
+(`lit_hc::sinkhorn_iterate` and its backward `lit_hc::sinkhorn_reverse`, in lit_hc/hyper_connections.py).
 """
 
 from __future__ import annotations

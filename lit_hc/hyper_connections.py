@@ -641,6 +641,60 @@ def _sinkhorn_reference(logits: torch.Tensor, iters: int) -> torch.Tensor:
     return _sinkhorn_loop(torch.exp(x - x.amax(dim=(-1, -2), keepdim=True)), iters, row=-2, col=-1)
 
 
+def _iterate_tokens_last(M0: torch.Tensor, iters: int) -> torch.Tensor:
+    """The iterations on (n, n, tokens): the C++ kernel where it applies and built (lit_hc/cpu_kernels.py), else
+    the loop; the two give the same bits up to n = 4 (tested)."""
+    kernel = cpu_kernels.sinkhorn() if M0.device.type == "cpu" else None
+    return kernel.forward(M0, iters) if kernel else _sinkhorn_loop(M0, iters, row=0, col=1)
+
+
+def _reverse_tokens_last(M0: torch.Tensor, g: torch.Tensor, iters: int) -> torch.Tensor:
+    """dL/dM0 from dL/dM on (n, n, tokens): the iterations recomputed, then their exact reverse (kernel or loop)."""
+    if kernel := (cpu_kernels.sinkhorn() if M0.device.type == "cpu" else None):
+        return kernel.backward(M0, g, iters)
+    steps: list = []
+    _sinkhorn_loop(M0, iters, row=0, col=1, steps=steps)
+    for M, divisor, dim in reversed(steps):  # M = P / P.sum(dim) => dL/dP = (g - sum_dim(g * M)) / P.sum(dim)
+        g = (g - (g * M).sum(dim, keepdim=True)) / divisor
+    return g
+
+
+# The same two steps as custom ops, so that torch.compile calls them instead of tracing the 40 divisions (inductor
+# made that loop no faster on the CPU; see lit_hc/cpu_kernels.py). A library op, not a Python function, because
+# dynamo cannot trace into a C++ extension and would break the graph there.
+@torch.library.custom_op("lit_hc::sinkhorn_iterate", mutates_args=())
+def _sinkhorn_iterate_op(M0: torch.Tensor, iters: int) -> torch.Tensor:
+    return _iterate_tokens_last(M0.contiguous(), iters)
+
+
+@torch.library.custom_op("lit_hc::sinkhorn_reverse", mutates_args=())
+def _sinkhorn_reverse_op(M0: torch.Tensor, g: torch.Tensor, iters: int) -> torch.Tensor:
+    return _reverse_tokens_last(M0.contiguous(), g.contiguous(), iters)
+
+
+@_sinkhorn_iterate_op.register_fake
+def _(M0: torch.Tensor, iters: int) -> torch.Tensor:
+    return torch.empty_like(M0, memory_format=torch.contiguous_format)
+
+
+@_sinkhorn_reverse_op.register_fake
+def _(M0: torch.Tensor, g: torch.Tensor, iters: int) -> torch.Tensor:
+    return torch.empty_like(M0, memory_format=torch.contiguous_format)
+
+
+def _iterate_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0])
+    ctx.iters = inputs[1]
+
+
+def _iterate_backward(ctx, grad: torch.Tensor):
+    (M0,) = ctx.saved_tensors
+    return _sinkhorn_reverse_op(M0, grad, ctx.iters), None
+
+
+_sinkhorn_iterate_op.register_autograd(_iterate_backward, setup_context=_iterate_setup)
+
+
 class _Sinkhorn(torch.autograd.Function):
     """Sinkhorn-Knopp without an autograd graph: forward keeps only the logits; backward recomputes the iterations
     and runs their exact reverse, so the gradient is the unrolled one (equal to autograd through the loop to
@@ -664,31 +718,16 @@ class _Sinkhorn(torch.autograd.Function):
         return torch.exp(x - x.amax(dim=(0, 1), keepdim=True))
 
     @staticmethod
-    def _kernel(M0: torch.Tensor):
-        """The fused C++ iterations (lit_hc/csrc/sinkhorn.cpp) where they apply and built; bit for bit the loop."""
-        return cpu_kernels.sinkhorn() if M0.device.type == "cpu" else None
-
-    @staticmethod
     def forward(ctx, logits: torch.Tensor, iters: int) -> torch.Tensor:
         ctx.save_for_backward(logits)
         ctx.iters = iters
-        M0 = _Sinkhorn._start(logits)
-        kernel = _Sinkhorn._kernel(M0)
-        M = kernel.forward(M0, iters) if kernel else _sinkhorn_loop(M0, iters, row=0, col=1)
-        return M.permute(2, 0, 1).reshape(logits.shape)
+        return _iterate_tokens_last(_Sinkhorn._start(logits), iters).permute(2, 0, 1).reshape(logits.shape)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (logits,) = ctx.saved_tensors
         M0 = _Sinkhorn._start(logits)
-        g = _Sinkhorn._tokens_last(grad.to(M0.dtype))
-        if kernel := _Sinkhorn._kernel(M0):
-            g = kernel.backward(M0, g, ctx.iters)
-        else:
-            steps: list = []
-            _sinkhorn_loop(M0, ctx.iters, row=0, col=1, steps=steps)
-            for M, divisor, dim in reversed(steps):  # M = P / P.sum(dim) => dL/dP = (g - sum_dim(g * M)) / P.sum(dim)
-                g = (g - (g * M).sum(dim, keepdim=True)) / divisor
+        g = _reverse_tokens_last(M0, _Sinkhorn._tokens_last(grad.to(M0.dtype)), ctx.iters)
         # M0 = exp(x - max x): the shift's term is -sum(g * M0), zero because the result does not change when M0 is
         # scaled (it is left out, as rounding is all autograd would add).
         return (g * M0).permute(2, 0, 1).reshape(logits.shape).to(logits.dtype), None
@@ -698,10 +737,15 @@ def sinkhorn_knopp(logits: torch.Tensor, iters: int = 20) -> torch.Tensor:
     """exp(logits), then alternately normalise rows and columns; float32 (float64 stays float64); (..., n, n).
 
     Columns sum to 1 exactly after the last step, rows approximately (the residual shrinks geometrically).
-    Eager: one autograd Function (_Sinkhorn; on the CPU a fused C++ kernel); compiled: the plain loop.
+    Eager: one autograd Function (_Sinkhorn; on the CPU a fused C++ kernel). Compiled: on the CPU the same
+    iterations as one custom op (the kernel, or the loop where it did not build) inside the graph; elsewhere the
+    plain loop, which inductor fuses.
     """
     if torch.compiler.is_compiling():
-        return _sinkhorn_reference(logits, iters).to(logits.dtype)
+        if logits.device.type != "cpu":
+            return _sinkhorn_reference(logits, iters).to(logits.dtype)
+        M = _sinkhorn_iterate_op(_Sinkhorn._start(logits), iters)
+        return M.permute(2, 0, 1).reshape(logits.shape).to(logits.dtype)
     return _Sinkhorn.apply(logits, iters).to(logits.dtype)
 
 
