@@ -54,6 +54,13 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "grid's mHC x4 seeds 0 and 1, remade, have the same validation curves, connection matrices and residual "
         "gains to the last bit (results/lm/drift.md)",
     ),
+    "96f8bf2eeb2d": (
+        "f5d12c23c11b",
+        "the same Sinkhorn kernel also called as a custom op under torch.compile (no run here is compiled); the "
+        "eager path makes the same calls in the same order (tests/test_cpu_kernels.py), and the LM main grid's "
+        "mHC x4 seed 0, remade, has the same validation curve, connection matrices and residual gains to the last "
+        "bit (results/lm/drift.md)",
+    ),
 }
 
 
