@@ -158,6 +158,14 @@ def seed_sets(study: Study) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return parts + ((("added", study.added_seeds),) if study.added_seeds else ())
 
 
+def seed_set_columns(rs: list[dict], base: list[dict] | None, study: Study,
+                     metrics: tuple[str, ...] = ("val_loss",)) -> dict:
+    """paired_columns on each of the study's seed sets apart, set by set, keyed '<part>_<column>' for the loss and
+    '<part>_<metric>_<column>' for another metric."""
+    return {f"{part}_{'' if metric == 'val_loss' else metric + '_'}{k}": v for part, seeds in seed_sets(study)
+            for metric in metrics for k, v in paired_columns(rs, base, seeds, metric).items()}
+
+
 def summary_rows(task: str, runs: dict[str, list[dict]], study: Study | None = None) -> list[dict]:
     base = runs.get("residual")
     base_loss = mean_std([r["final"]["val_loss"] for r in base])[0] if base else None
@@ -189,10 +197,7 @@ def summary_rows(task: str, runs: dict[str, list[dict]], study: Study | None = N
         row["saved_activations_ratio"] = (rs[0]["saved_activation_bytes"] / base_act
                                           if base_act and rs[0].get("saved_activation_bytes") else None)
         if study is not None and variant != "residual":
-            for part, seeds in seed_sets(study):
-                row |= {f"{part}_{k}": v for k, v in paired_columns(rs, base, seeds).items()}
-                if task == "vit":
-                    row |= {f"{part}_top1_{k}": v for k, v in paired_columns(rs, base, seeds, "top1").items()}
+            row |= seed_set_columns(rs, base, study, ("val_loss", "top1") if task == "vit" else ("val_loss",))
         row["code"] = ",".join(sorted({r.get("code", "unknown") for r in rs}))
         paper = PAPER[task].get(variant)
         row["paper"] = paper
@@ -433,8 +438,7 @@ def depth_rows(study: Study, runs: dict[str, list[dict]]) -> list[dict]:
             row |= {f"top1_{k}": v for k, v in paired_columns(hc, base, study.seeds, "top1").items()}
         row |= paired_columns(hc, base, study.seeds)
         if study.confirm_seeds:  # the same difference on each seed set apart (choice, then held-out)
-            for part, seeds in seed_sets(study):
-                row |= {f"{part}_{k}": v for k, v in paired_columns(hc, base, seeds).items()}
+            row |= seed_set_columns(hc, base, study)
         d = paired(_finals(hc), _finals(base))
         row["diffs"] = json.dumps([round(x, 6) for x in d.diffs] if d else [])
         row["diff_seeds"] = json.dumps(list(d.seeds) if d else [])
@@ -458,14 +462,13 @@ def _wins(row: dict) -> str:
 
 def depth_markdown(study: Study, rows: list[dict], command: str, provenance: list[str]) -> str:
     vit = study.task == "vit"
-    head = ("| depth L | params residual | Δ params DHC x4 | residual val loss | DHC x4 val loss | paired Δ ± std | "
-            "95% CI | DHC x4 better | " + ("residual top-1 % | DHC x4 top-1 % | paired Δ top-1 [95% CI], wins | "
-                                          if vit else "") + "step time × |")
-    sets = seed_sets(study) if study.confirm_seeds else ()
-    if sets:  # after 'DHC x4 better': the paired difference of each seed set apart
-        head = head.replace("DHC x4 better | ", "DHC x4 better | " + "".join(
-            f"{SEED_SET_NAMES[p]} {list(s)} [95% CI], wins | " for p, s in sets))
-    lines = [head, "|" + "---|" * ((12 if vit else 9) + len(sets))]
+    sets = seed_sets(study) if study.confirm_seeds else ()  # then the paired difference of each seed set apart
+    columns = ["depth L", "params residual", "Δ params DHC x4", "residual val loss", "DHC x4 val loss",
+               "paired Δ ± std", "95% CI", "DHC x4 better",
+               *(f"{SEED_SET_NAMES[p]} {list(seeds)} [95% CI], wins" for p, seeds in sets),
+               *(("residual top-1 %", "DHC x4 top-1 %", "paired Δ top-1 [95% CI], wins") if vit else ()),
+               "step time ×"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         dp = (r["dhc4_params"] - r["residual_params"]) if r.get("dhc4_params") and r.get("residual_params") else None
         top1 = ""
@@ -516,7 +519,7 @@ def depth_figure(rows: list[dict], task: str = "lm", confirm_seeds: tuple[int, .
     ax.errorbar([r["depth"] for r in done], means, yerr=[lo, hi], marker="o", capsize=4, color="C1",
                 label="mean, 95% t-interval")
     for r in done:
-        diffs = dict(zip(json.loads(r.get("diff_seeds") or "[]") or range(r["n"]), json.loads(r["diffs"])))
+        diffs = dict(zip(json.loads(r["diff_seeds"]), json.loads(r["diffs"])))
         for held_out in (False, True):
             ys = [y for s, y in diffs.items() if (s in confirm_seeds) == held_out]
             style = {"facecolors": "none", "edgecolors": "black"} if held_out else {"color": "gray"}
