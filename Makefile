@@ -36,7 +36,7 @@ test-all: install ## Run every test
 TASK ?= all
 SCALE ?= cpu
 STUDY ?= main
-reproduce: install ## Run a study into results/ [STUDY=main|depth|controls] [TASK=lm|vit] [SEEDS=N] [QUICK=1] [SCALE=mid|paper DATA=path] [REGENERATE=1]
+reproduce: install ## Run a study into results/ [STUDY=main|depth|depth-grid-lr|controls] [TASK=lm|vit] [SEEDS=N] [QUICK=1] [SCALE=mid|paper DATA=path] [REGENERATE=1]
 	$(PY) -m experiments.reproduce --study $(STUDY) --task $(TASK) --scale $(SCALE) $(if $(QUICK),--quick) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(DATA),--data $(DATA)) $(if $(RESULTS),--results $(RESULTS)) \
 		$(if $(REGENERATE),--regenerate)

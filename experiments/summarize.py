@@ -23,7 +23,7 @@ import yaml
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments.grids import PAPER, VARIANTS, Study, studies
+from experiments.grids import LM_MAIN_DEPTH, PAPER, STUDIES, VARIANTS, Study, studies
 from experiments.stats import Paired, mean_std, paired
 from lit_hc.analysis import unrolled_connections
 from lit_hc.io import write_atomic
@@ -497,7 +497,10 @@ def depth_markdown(study: Study, rows: list[dict], command: str, provenance: lis
         f"# {TASK_NAME[study.task]} depth study: {study.about}", "",
         f"Written by `{command}` from the runs in results/{study.task}/runs/ (each run's command is in its "
         f"done.json). {regime}; seeds {list(study.seeds)}"
-        + (f": the main grid's depth was chosen on {list(study.choice_seeds)}, and {list(study.confirm_seeds)} "
+        + (f": at L = {LM_MAIN_DEPTH} the runs are the main grid's, whose LR was chosen on seeds 0-1 there; no "
+           f"other depth chose anything. Seeds {list(study.choice_seeds)} ran first, {list(study.confirm_seeds)} "
+           "after them, each set also apart." if study.name == "depth-grid-lr" else
+           f": the main grid's depth was chosen on {list(study.choice_seeds)}, and {list(study.confirm_seeds)} "
            "(run after every choice was fixed) confirm the trend, each set also apart." if sets else
            " (the seeds the main grid's depth was chosen on)."),
         "Paired Δ = DHC x4 − residual per seed (same data order and non-HC init); mean ± sample std, 95% "
@@ -589,7 +592,7 @@ def lr_sweep_markdown(runs: dict[str, list[dict]], base_lr: float) -> str:
 
 def summarize_study(results: Path, study: Study, command: str, allow_mixed: bool = False) -> list[dict]:
     """Write a study's tables and plots into results/<task>/<study>/ (nothing if none of its runs finished)."""
-    if study.name == "depth":
+    if study.name.startswith("depth"):
         return summarize_depth(results, study, command, allow_mixed)
     runs = load_study(results, study, allow_mixed)
     if not runs:
@@ -654,7 +657,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["main", "depth", "controls", "drift"],
+    parser.add_argument("study", choices=[*STUDIES, "drift"],
                         help="drift: runs made again by newer code against their archived twins (results/<task>/drift.md)")
     parser.add_argument("--task", choices=["lm", "vit", "all"], default="all")
     parser.add_argument("--results", default="results")

@@ -224,6 +224,24 @@ def test_depth_study_pairs_every_depth_and_seed():
     assert not depth_study("vit").confirm_seeds  # the ViT's waits for a GPU (grids.py)
 
 
+def test_depth_study_at_the_grid_lr_shares_the_main_grids_runs():
+    """The depth study again at the main grid's LR: its 16-layer runs are the main grid's own (one pool, the same
+    names), every other run is new, seeds 0-2 before 3-5, and it is an LM study (`--task all` means the LM)."""
+    from experiments.grids import LM_MAIN_LR, depth_grid_lr_study, studies
+
+    study = depth_grid_lr_study()
+    assert study.name == "depth-grid-lr" and study.choice_seeds == (0, 1, 2) and study.confirm_seeds == (3, 4, 5)
+    assert {r.knob("lr") for r in study.runs} == {LM_MAIN_LR} and len(set(study.runs)) == 48
+    main = {r.name for r in main_study("lm").runs}
+    assert {r.name for r in study.runs if r.name in main} == {
+        f"{v}-L16-d64-lr0.006-s{s}" for v in ("residual", "dhc4") for s in range(6)}
+    assert not {r.name for r in study.runs} & {r.name for r in depth_study().runs}  # another LR: other runs
+    assert [r.seed in (0, 1, 2) for r in study.runs] == [True] * 24 + [False] * 24
+    assert [s.name for s in studies("depth-grid-lr", ["lm", "vit"])] == ["depth-grid-lr"]
+    with pytest.raises(ValueError, match="LM's"):
+        studies("depth-grid-lr", ["vit"])
+
+
 def test_depth_rows_report_the_choice_and_the_held_out_seeds_apart():
     """At each depth: the paired Δ over all seeds, and on the choice and the confirmation seeds apart (hand-computed
     means and t-intervals), the seeds behind each plotted difference, and a table with one column per set."""
