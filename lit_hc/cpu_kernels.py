@@ -21,20 +21,32 @@ ENV = "LIT_HC_CPU_KERNELS"
 SOURCES = Path(__file__).parent / "csrc"
 
 
-@functools.cache
-def sinkhorn() -> ModuleType | None:
-    """The Sinkhorn kernel (lit_hc/csrc/sinkhorn.cpp: forward, backward on (n, n, tokens)), or None."""
+def _build(name: str, source: str, flags: list[str], what: str) -> ModuleType | None:
     if os.environ.get(ENV, "1") == "0":
         return None
     try:
         from torch.utils.cpp_extension import load
 
-        # -ffp-contract=off: an FMA would round a product and a sum once, not twice, and break equality with the
-        # PyTorch loop.
-        return load(name="lit_hc_sinkhorn", sources=[str(SOURCES / "sinkhorn.cpp")],
-                    extra_cflags=["-O3", "-ffp-contract=off"], verbose=False)
-    except Exception as error:  # no compiler, no ninja, a read-only cache: the PyTorch loop still works
+        return load(name=name, sources=[str(SOURCES / source)], extra_cflags=flags, verbose=False)
+    except Exception as error:  # no compiler, no ninja, a read-only cache: the PyTorch form still works
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
-        warnings.warn(f"lit-hc: the CPU Sinkhorn kernel did not build ({reason}); mHC runs its PyTorch loop "
-                      f"instead (same results, slower). Set {ENV}=0 to skip the build.", stacklevel=2)
+        warnings.warn(f"lit-hc: the CPU kernel {source} did not build ({reason}); {what}. Set {ENV}=0 to skip the "
+                      "build.", stacklevel=3)
         return None
+
+
+@functools.cache
+def sinkhorn() -> ModuleType | None:
+    """The Sinkhorn kernel (lit_hc/csrc/sinkhorn.cpp: forward, backward on (n, n, tokens)), or None."""
+    # -ffp-contract=off: an FMA would round a product and a sum once, not twice, and break equality with the
+    # PyTorch loop.
+    return _build("lit_hc_sinkhorn", "sinkhorn.cpp", ["-O3", "-ffp-contract=off"],
+                  "mHC runs its PyTorch loop instead (same results, slower)")
+
+
+@functools.cache
+def hc_fused() -> ModuleType | None:
+    """DHC's width connection and the depth connection's backward in one pass per token (lit_hc/csrc/hc_fused.cpp),
+    or None. Vectorised for this machine's CPU (the build is per machine, in torch's extension cache)."""
+    return _build("lit_hc_hc_fused", "hc_fused.cpp", ["-O3", "-march=native", "-fopenmp-simd"],
+                  "HCConfig(fused=True) runs the PyTorch form instead")

@@ -64,6 +64,13 @@ class HCConfig:
     more forward of the stream work, the same values (bit for bit, tested). Not part of the variant's name: it
     changes how, not what, is computed."""
 
+    fused: bool = False
+    """CPU, eager, float32/64: DHC's width connection and every HC connection's depth-connection backward in one C++
+    pass per token (lit_hc/csrc/hc_fused.cpp) instead of PyTorch ops; where the kernel cannot be built or does not
+    apply (a GPU, torch.compile, autocast, another norm), the PyTorch form runs. The same function, its sums in
+    another order: equal to float rounding (tested), not bit for bit, so off by default, which keeps the committed
+    results reproducible bit for bit. Like `recompute`, not part of the variant's name."""
+
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"HCConfig.kind={self.kind!r} is not one of {KINDS}")
@@ -140,7 +147,7 @@ class HCConfig:
             )
         else:
             module = ManifoldHyperConnection(dim, self.expansion_rate, layer_idx, sinkhorn_iters=self.sinkhorn_iters)
-        module.recompute = self.recompute
+        module.recompute, module.fused = self.recompute, self.fused
         return module
 
 
@@ -206,20 +213,29 @@ class _StreamAdd(torch.autograd.Function):
     """H'[j] = R[j] + beta[j] * y in one pass (addcmul); see stream_add."""
 
     @staticmethod
-    def forward(ctx, y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor):
+    def forward(ctx, y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor, kernel=None):
         ctx.save_for_backward(y, beta)
-        ctx.R_shape = R.shape
+        ctx.R_shape, ctx.kernel = R.shape, kernel
         return torch.addcmul(R, beta.unsqueeze(-1), y.unsqueeze(-2))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         y, beta = ctx.saved_tensors
+        grad_R = grad.sum_to_size(ctx.R_shape) if ctx.needs_input_grad[1] else None
+        if ctx.kernel is not None and grad.shape == ctx.R_shape:  # one pass: hc_fused.cpp, depth_backward
+            n, d = grad.shape[-2:]
+            per_token = beta.dim() > 1
+            grad_y, grad_beta = ctx.kernel.depth_backward(
+                grad.reshape(-1, n, d).contiguous(), y.expand(*grad.shape[:-2], d).reshape(-1, d).contiguous(),
+                (beta.expand(*grad.shape[:-1]).reshape(-1, n) if per_token else beta).contiguous())
+            return (grad_y.view(grad.shape[:-2] + (d,)).sum_to_size(y.shape), grad_R,
+                    grad_beta.view(grad.shape[:-1]).sum_to_size(beta.shape), None)
         grad_y = grad_beta = None
         if ctx.needs_input_grad[0]:  # sum_j beta_j grad_j: (..., 1, n) @ (..., n, d)
             grad_y = torch.matmul(_per_token(beta.unsqueeze(-2), grad), grad).squeeze(-2).sum_to_size(y.shape)
         if ctx.needs_input_grad[2]:  # <grad_j, y>: (..., n, d) @ (..., d, 1)
             grad_beta = torch.matmul(grad, y.unsqueeze(-1)).squeeze(-1).sum_to_size(beta.shape)
-        return grad_y, grad.sum_to_size(ctx.R_shape) if ctx.needs_input_grad[1] else None, grad_beta
+        return grad_y, grad_R, grad_beta, None
 
 
 def _thin_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -321,6 +337,58 @@ class _DynamicWidth(torch.autograd.Function):
                 grad_beta_scale, None, None, None)
 
 
+class _FusedDynamicWidth(torch.autograd.Function):
+    """_DynamicWidth's function in one C++ pass per token forward and one backward (lit_hc/csrc/hc_fused.cpp):
+    H is read once and x, R written once; backward recomputes the norm statistics and coefficients from H, so only
+    H (and the parameters) are kept. Float32/64 on the CPU, no autocast (HyperConnection.width_connection checks)."""
+
+    @staticmethod
+    def folded(weight, bias, W):
+        """The norm's gain folded into the projection, (n+2, d), and its bias projected, (n+2,)."""
+        Wg = W if weight is None else weight.unsqueeze(1) * W
+        bW = W.new_zeros(W.shape[1]) if bias is None else bias @ W
+        return Wg.T.contiguous(), bW.contiguous()
+
+    @staticmethod
+    def forward(ctx, kernel, H, weight, bias, W, static_alpha, static_beta, alpha_scale, beta_scale, use_tanh: bool,
+                eps: float):
+        n, d = H.shape[-2:]
+        H3 = H.reshape(-1, n, d).contiguous()
+        scales = torch.cat([alpha_scale, beta_scale])
+        x, R, beta = kernel.width_forward(H3, *_FusedDynamicWidth.folded(weight, bias, W), static_alpha.contiguous(),
+                                          static_beta.contiguous(), scales, use_tanh, eps)
+        ctx.save_for_backward(H3, weight, bias, W, static_alpha, static_beta, scales)
+        ctx.kernel, ctx.use_tanh, ctx.eps, ctx.shape = kernel, use_tanh, eps, H.shape
+        return x.view(*H.shape[:-2], d), R.view(H.shape), beta.view(H.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_R, grad_beta):
+        H3, weight, bias, W, static_alpha, static_beta, scales = ctx.saved_tensors
+        n, d = H3.shape[-2:]
+        flat = lambda g, *shape: H3.new_empty(0) if g is None else g.reshape(*shape).contiguous()  # noqa: E731
+        grad_H, grad_WgT, grad_bW, grad_A, grad_B, grad_scales = ctx.kernel.width_backward(
+            H3, *_FusedDynamicWidth.folded(weight, bias, W), static_alpha.contiguous(), static_beta.contiguous(),
+            scales, ctx.use_tanh, ctx.eps, flat(grad_x, -1, d), flat(grad_R, -1, n, d), flat(grad_beta, -1, n))
+        grad_Wg = grad_WgT.T  # (d, n+2); Wg = weight * W, bW = bias @ W
+        grad_W = grad_Wg if weight is None else grad_Wg * weight.unsqueeze(1)
+        grad_weight = None if weight is None else (grad_Wg * W).sum(1)
+        grad_bias = None
+        if bias is not None:
+            grad_W = grad_W + torch.outer(bias, grad_bW)
+            grad_bias = W @ grad_bW
+        return (None, grad_H.view(ctx.shape), grad_weight, grad_bias, grad_W, grad_A, grad_B, grad_scales[:1],
+                grad_scales[1:], None, None)
+
+
+def _fused_kernel(module: "StreamConnection", *tensors: torch.Tensor):
+    """The C++ kernel module where `module.fused` asks for it and it applies (CPU, float32/64, eager, no autocast),
+    else None."""
+    if not (module.fused and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")):
+        return None
+    return cpu_kernels.hc_fused()
+
+
 def _per_token(coefficients: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Static (n, k) coefficients as a stride-0 batch matching `like`: matmul then takes its fast batched path
     instead of the 2-D @ batched path, which copies the batched operand into a transposed layout first."""
@@ -343,11 +411,12 @@ def stream_mix(H: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torc
     return _StreamMix.apply(H, alpha)
 
 
-def stream_add(y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Depth connection: H'[j] = R[j] + beta[j] * y. y (..., d), R (..., n, d), beta (n,) or (..., n)."""
+def stream_add(y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor, kernel=None) -> torch.Tensor:
+    """Depth connection: H'[j] = R[j] + beta[j] * y. y (..., d), R (..., n, d), beta (n,) or (..., n). `kernel`:
+    the C++ module (_fused_kernel) whose depth_backward computes the backward in one pass."""
     if torch.compiler.is_compiling():
         return R + beta.unsqueeze(-1) * y.unsqueeze(-2)
-    return _StreamAdd.apply(y, R, beta)
+    return _StreamAdd.apply(y, R, beta, kernel)
 
 
 def expand_streams(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -485,6 +554,7 @@ class StreamConnection(nn.Module):
     expansion_rate: int = 1
     decay_params: tuple[str, ...] = ()  # parameter names that get weight decay (see lit_hc.optim)
     recompute: bool = False  # HCConfig.recompute
+    fused: bool = False  # HCConfig.fused
 
     def width_connection(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -510,10 +580,9 @@ class StreamConnection(nn.Module):
             return checkpoint(self.coefficients, H, use_reentrant=False, preserve_rng_state=False)
         return self.coefficients(H)
 
-    @staticmethod
-    def depth_connection(y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    def depth_connection(self, y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         # H'[j] = beta[j] * y + R[j];  y (..., d), beta (..., n) or (n,), R (..., n, d)
-        return stream_add(y, R, beta)
+        return stream_add(y, R, beta, _fused_kernel(self, y, R, beta))
 
     def forward(self, H: torch.Tensor, branch: Branch) -> torch.Tensor:
         x, R, beta = self.width(H)
@@ -602,8 +671,13 @@ class HyperConnection(StreamConnection):
     def width_connection(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if (self.dynamic and type(self.norm) is nn.LayerNorm and H.dtype in (torch.float32, torch.float64)
                 and not torch.compiler.is_compiling()):
-            # Eager DHC with LayerNorm: one Function (_DynamicWidth); compiled, another norm, or H in a 16-bit dtype:
-            # the plain ops below.
+            # Eager DHC with LayerNorm: one Function (_DynamicWidth, or the C++ pass with `fused`); compiled, another
+            # norm, or H in a 16-bit dtype: the plain ops below.
+            if kernel := _fused_kernel(self, H):
+                return _FusedDynamicWidth.apply(
+                    kernel, H, self.norm.weight, self.norm.bias, self.dynamic_weight(), self.static_alpha,
+                    self.static_beta, self.dynamic_alpha_scale, self.dynamic_beta_scale, isinstance(self.act, nn.Tanh),
+                    self.norm.eps)
             return _DynamicWidth.apply(H, self.norm.weight, self.norm.bias, self.dynamic_weight(), self.static_alpha,
                                        self.static_beta, self.dynamic_alpha_scale, self.dynamic_beta_scale,
                                        isinstance(self.act, nn.Tanh), self.norm.eps, self.lean())

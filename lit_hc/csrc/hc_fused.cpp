@@ -1,0 +1,333 @@
+// Dynamic hyper-connections' width connection (Zhu et al. 2025, Eq. 10-13) and the depth connection's backward, in
+// one pass over the stream state per block of tokens, on the CPU.
+//
+// The PyTorch form (lit_hc/hyper_connections.py, _DynamicWidth) reads H (tokens, n, d) four times forward (mean,
+// mean square, projection, mix) and runs each step as a whole-tensor op; its small matmuls ((n+1) x n by n x d per
+// token, batched) go through BLAS, which is slow at that shape. Here a token's n x d block, a few KB, stays in L1
+// while every step runs on it: forward reads H once and writes x and R once; backward reads H and the incoming
+// gradients once and writes the gradient of H once, recomputing the norm statistics and coefficients on the way
+// (cheaper than saving and reading them back), so the forward keeps nothing but H for backward.
+//
+// Per token, for each stream row h_i (d values):
+//   xhat_i = (h_i - mean_i) * rstd_i                 LayerNorm without its gain (folded into Wg)
+//   z[i, k] = <xhat_i, Wg[k]> + bW[k]                 k < n + 2; Wg = (g * W)^T, bW = b @ W
+//   p = tanh(z) (or z),  alpha[i, j] = A[i, j] + sa * p[i, j] (j <= n),  beta[i] = B[i] + sb * p[i, n + 1]
+//   x = sum_i alpha[i, 0] h_i,  R_j = sum_i alpha[i, j + 1] h_i
+// The parameter gradients are summed per chunk of kChunk tokens and the chunks in order, so the result does not
+// depend on the number of threads. The sums run in another order than the PyTorch form's (BLAS), so the values
+// agree with it to float rounding, not bit for bit (tests/test_cpu_kernels.py).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kChunk = 64;  // tokens per chunk of the parameter-gradient sums
+constexpr int64_t kMaxStreams = 16;  // n at most (the per-token buffers are on the stack)
+
+// tanh in float32 as a rational function that vectorises (Eigen's fast tanh, generic_fast_tanh_float: odd degree-13
+// numerator over even degree-6 denominator, |x| clamped to 7.905); within 4e-7 of tanh (tested). glibc's scalar tanhf
+// costs ~20 ns a call, which was half of this kernel's time. Float64 keeps std::tanh.
+inline float fast_tanh(float x) {
+  x = std::min(std::max(x, -7.90531110763549805f), 7.90531110763549805f);
+  const float x2 = x * x;
+  float p = -2.76076847742355e-16f;
+  p = p * x2 + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  float q = 1.19825839466702e-06f;
+  q = q * x2 + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return x * p / q;
+}
+inline double fast_tanh(double x) { return std::tanh(x); }
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t d) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t c = 0; c < d; ++c) s += a[c] * b[c];
+  return s;
+}
+
+// out = sum_j w[j] * rows[j] (m rows of d channels, rows[j] a pointer each): one vectorised sweep per row.
+template <typename T>
+inline void combine(T* out, const T* w, const T* const* rows, int64_t m, int64_t d, bool accumulate = false) {
+  for (int64_t j = 0; j < m; ++j) {
+    const T a = w[j];
+    const T* row = rows[j];
+    if (j == 0 && !accumulate) {
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] = a * row[c];
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] += a * row[c];
+    }
+  }
+}
+
+// The per-token work. A token's n x d block and its normalised copy stay in L1 through every step; each step is a
+// vectorised sweep over the d channels of one row (tried: one sweep doing every row's work per block of channels,
+// with per-lane accumulators; it vectorised worse and was 1.4-2.6x slower here).
+template <typename T>
+struct Token {
+  int64_t n, d;
+
+  // Norm statistics, normalised rows xhat (n, d), activations p (n, n+2), alpha (n, n+1) and beta (n) of token h.
+  void coefficients(const T* h, const T* Wg, const T* bW, const T* A, const T* B, T sa, T sb, bool use_tanh, T eps,
+                    T* xhat, T* rstd, T* p, T* alpha, T* beta) const {
+    const int64_t k_n = n + 2;
+    for (int64_t i = 0; i < n; ++i) {
+      const T* row = h + i * d;
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t c = 0; c < d; ++c) sum += row[c];
+      const T mean = sum / d;
+      T sq = 0;  // two sweeps over the row (it is in L1): no E[h^2] - mean^2 cancellation
+#pragma omp simd reduction(+ : sq)
+      for (int64_t c = 0; c < d; ++c) sq += (row[c] - mean) * (row[c] - mean);
+      const T r = T(1) / std::sqrt(sq / d + eps);
+      rstd[i] = r;
+      T* xh = xhat + i * d;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) xh[c] = (row[c] - mean) * r;
+      for (int64_t k = 0; k < k_n; ++k) p[i * k_n + k] = dot(xh, Wg + k * d, d) + bW[k];
+    }
+    if (use_tanh) {
+#pragma omp simd
+      for (int64_t e = 0; e < n * k_n; ++e) p[e] = fast_tanh(p[e]);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j <= n; ++j) alpha[i * (n + 1) + j] = A[i * (n + 1) + j] + sa * p[i * k_n + j];
+      if (beta) beta[i] = B[i] + sb * p[i * k_n + n + 1];
+    }
+  }
+
+  // x = sum_i alpha[i, 0] h_i and R_j = sum_i alpha[i, j+1] h_i.
+  void mix(const T* h, const T* alpha, T* x, T* R) const {
+    const T* rows[kMaxStreams];
+    T w[kMaxStreams];
+    for (int64_t i = 0; i < n; ++i) rows[i] = h + i * d;
+    for (int64_t j = 0; j <= n; ++j) {
+      for (int64_t i = 0; i < n; ++i) w[i] = alpha[i * (n + 1) + j];
+      combine(j == 0 ? x : R + (j - 1) * d, w, rows, n, d);
+    }
+  }
+
+  // The gradients of one token: g[j] the gradient of output row j (x, then R's rows), gbeta (n) or null; writes
+  // gH (n, d) and adds the parameter gradients into the chunk's sums.
+  void backward(const T* h, const T* const* g, const T* gbeta, const T* Wg, const T* bW, const T* A, const T* B, T sa,
+                T sb, bool use_tanh, T eps, T* xhat, T* gxh, T* gH, T* sWg, T* sbW, T* sA, T* sB, T* sS) const {
+    const int64_t k_n = n + 2;
+    T rstd[kMaxStreams], p[kMaxStreams * (kMaxStreams + 2)], alpha[kMaxStreams * (kMaxStreams + 1)];
+    const T* Wrows[kMaxStreams + 2];
+    for (int64_t k = 0; k < k_n; ++k) Wrows[k] = Wg + k * d;
+    coefficients(h, Wg, bW, A, B, sa, sb, use_tanh, eps, xhat, rstd, p, alpha, nullptr);
+    for (int64_t i = 0; i < n; ++i) {
+      const T* row = h + i * d;
+      T* out = gH + i * d;
+      // the mix's part: dL/dh_i = sum_j alpha[i, j] g_j, dL/dalpha[i, j] = <h_i, g_j>
+      combine(out, alpha + i * (n + 1), g, n + 1, d);
+      // through the coefficients: dL/dp, then dL/dz
+      T gz[kMaxStreams + 2];
+      for (int64_t j = 0; j <= n; ++j) {
+        const T ga = dot(row, g[j], d);
+        gz[j] = ga * sa;
+        sA[i * (n + 1) + j] += ga;
+        sS[0] += ga * p[i * k_n + j];
+      }
+      const T gb = gbeta ? gbeta[i] : T(0);
+      gz[n + 1] = gb * sb;
+      sB[i] += gb;
+      sS[1] += gb * p[i * k_n + n + 1];
+      for (int64_t k = 0; k < k_n; ++k) {
+        const T q = p[i * k_n + k];
+        if (use_tanh) gz[k] *= T(1) - q * q;
+        sbW[k] += gz[k];
+      }
+      // z[k] = <xhat_i, Wg[k]> + bW[k]: dL/dxhat_i = sum_k gz[k] Wg[k], dL/dWg[k] += gz[k] xhat_i
+      const T* xh = xhat + i * d;
+      combine(gxh, gz, Wrows, k_n, d);
+      for (int64_t k = 0; k < k_n; ++k) {
+        const T gk = gz[k];
+        T* sw = sWg + k * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) sw[c] += gk * xh[c];
+      }
+      // LayerNorm's backward without gain, rstd * (gxh - mean(gxh) - xhat * mean(gxh * xhat)), into the mix's part
+      T m1 = 0, m2 = 0;
+#pragma omp simd reduction(+ : m1, m2)
+      for (int64_t c = 0; c < d; ++c) {
+        m1 += gxh[c];
+        m2 += gxh[c] * xh[c];
+      }
+      m1 /= d;
+      m2 /= d;
+      const T r = rstd[i];
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) out[c] += r * (gxh[c] - m1 - xh[c] * m2);
+    }
+  }
+
+  // The depth connection's backward: out = sum_j beta_j g_j and gbeta_j = <g_j, y>.
+  void depth_backward(const T* g, const T* y, const T* beta, T* out, T* gbeta) const {
+    const T* rows[kMaxStreams];
+    for (int64_t j = 0; j < n; ++j) rows[j] = g + j * d;
+    combine(out, beta, rows, n, d);
+    for (int64_t j = 0; j < n; ++j) gbeta[j] = dot(rows[j], y, d);
+  }
+};
+
+void check(const torch::Tensor& x, const char* name, int64_t dims) {
+  TORCH_CHECK(x.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(x.dim() == dims, name, " must have ", dims, " dims");
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kDouble, name,
+              " must be float32 or float64");
+}
+
+template <typename T>
+void width_forward_impl(const torch::Tensor& H, const torch::Tensor& Wg, const torch::Tensor& bW,
+                        const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& scales, bool use_tanh,
+                        double eps, torch::Tensor& x, torch::Tensor& R, torch::Tensor& beta) {
+  const int64_t T_ = H.size(0), n = H.size(1), d = H.size(2);
+  const T *h0 = H.data_ptr<T>(), *Wg_ = Wg.data_ptr<T>(), *bW_ = bW.data_ptr<T>(), *A_ = A.data_ptr<T>(),
+          *B_ = B.data_ptr<T>();
+  const T sa = scales.data_ptr<T>()[0], sb = scales.data_ptr<T>()[1];
+  T *x0 = x.data_ptr<T>(), *R0 = R.data_ptr<T>(), *beta0 = beta.data_ptr<T>();
+  const Token<T> token{n, d};
+  {
+    at::parallel_for(0, T_, 16, [&](int64_t t0, int64_t t1) {
+      std::vector<T> xhat(n * d);
+      T rstd[kMaxStreams], p[kMaxStreams * (kMaxStreams + 2)], alpha[kMaxStreams * (kMaxStreams + 1)];
+      for (int64_t t = t0; t < t1; ++t) {
+        const T* h = h0 + t * n * d;
+        token.coefficients(h, Wg_, bW_, A_, B_, sa, sb, use_tanh, T(eps), xhat.data(), rstd, p, alpha, beta0 + t * n);
+        token.mix(h, alpha, x0 + t * d, R0 + t * n * d);
+      }
+    });
+  }
+}
+
+template <typename T>
+void width_backward_impl(const torch::Tensor& H, const torch::Tensor& Wg, const torch::Tensor& bW,
+                         const torch::Tensor& A, const torch::Tensor& B, const torch::Tensor& scales, bool use_tanh,
+                         double eps, const torch::Tensor& gx, const torch::Tensor& gR, const torch::Tensor& gbeta,
+                         torch::Tensor& gH, torch::Tensor& sums) {
+  const int64_t T_ = H.size(0), n = H.size(1), d = H.size(2), k_n = n + 2;
+  const int64_t chunks = sums.size(0), acc = sums.size(1);
+  const bool has_x = gx.numel() > 0, has_R = gR.numel() > 0, has_beta = gbeta.numel() > 0;
+  const T *h0 = H.data_ptr<T>(), *Wg_ = Wg.data_ptr<T>(), *bW_ = bW.data_ptr<T>(), *A_ = A.data_ptr<T>(),
+          *B_ = B.data_ptr<T>();
+  const T sa = scales.data_ptr<T>()[0], sb = scales.data_ptr<T>()[1];
+  const T* gx0 = has_x ? gx.data_ptr<T>() : nullptr;
+  const T* gR0 = has_R ? gR.data_ptr<T>() : nullptr;
+  const T* gb0 = has_beta ? gbeta.data_ptr<T>() : nullptr;
+  T *gH0 = gH.data_ptr<T>(), *sums0 = sums.data_ptr<T>();
+  const Token<T> token{n, d};
+  {
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<T> xhat(n * d), gxh(d), zeros(d, T(0));
+      const T* g[kMaxStreams + 1];
+      for (int64_t chunk = c0; chunk < c1; ++chunk) {
+        T* s = sums0 + chunk * acc;  // grad Wg (k_n, d), grad bW (k_n), grad A (n, n+1), grad B (n), grad scales (2)
+        T *sWg = s, *sbW = s + k_n * d, *sA = sbW + k_n, *sB = sA + n * (n + 1), *sS = sB + n;
+        for (int64_t t = chunk * kChunk; t < std::min(T_, (chunk + 1) * kChunk); ++t) {
+          g[0] = has_x ? gx0 + t * d : zeros.data();
+          for (int64_t j = 1; j <= n; ++j) g[j] = has_R ? gR0 + (t * n + j - 1) * d : zeros.data();
+          token.backward(h0 + t * n * d, g, has_beta ? gb0 + t * n : nullptr, Wg_, bW_, A_, B_, sa, sb, use_tanh,
+                         T(eps), xhat.data(), gxh.data(), gH0 + t * n * d, sWg, sbW, sA, sB, sS);
+        }
+      }
+    });
+  }
+}
+
+template <typename T>
+void depth_backward_impl(const torch::Tensor& grad, const torch::Tensor& y, const torch::Tensor& beta,
+                         int64_t beta_stride, torch::Tensor& gy, torch::Tensor& gbeta) {
+  const int64_t T_ = grad.size(0), n = grad.size(1), d = grad.size(2);
+  const T *g0 = grad.data_ptr<T>(), *y0 = y.data_ptr<T>(), *b0 = beta.data_ptr<T>();
+  T *gy0 = gy.data_ptr<T>(), *gb0 = gbeta.data_ptr<T>();
+  const Token<T> token{n, d};
+  {
+    at::parallel_for(0, T_, 16, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t)
+        token.depth_backward(g0 + t * n * d, y0 + t * d, b0 + t * beta_stride, gy0 + t * d, gb0 + t * n);
+    });
+  }
+}
+
+}  // namespace
+
+// H (T, n, d); Wg (n+2, d); bW (n+2); A (n, n+1); B (n); scales (2) = [sa, sb]. Returns x (T, d), R (T, n, d),
+// beta (T, n).
+std::vector<torch::Tensor> width_forward(torch::Tensor H, torch::Tensor Wg, torch::Tensor bW, torch::Tensor A,
+                                         torch::Tensor B, torch::Tensor scales, bool use_tanh, double eps) {
+  check(H, "H", 3);
+  const int64_t T = H.size(0), n = H.size(1), d = H.size(2);
+  TORCH_CHECK(n <= kMaxStreams, "at most ", kMaxStreams, " streams");
+  auto x = torch::empty({T, d}, H.options());
+  auto R = torch::empty({T, n, d}, H.options());
+  auto beta = torch::empty({T, n}, H.options());
+  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "hc_width_forward", [&] {
+    width_forward_impl<scalar_t>(H, Wg, bW, A, B, scales, use_tanh, eps, x, R, beta);
+  });
+  return {x, R, beta};
+}
+
+// The gradients of width_forward from those of x (T, d), R (T, n, d) and beta (T, n) (an empty one is zero).
+// Returns grad H (T, n, d), grad Wg (n+2, d), grad bW (n+2), grad A (n, n+1), grad B (n), grad scales (2).
+std::vector<torch::Tensor> width_backward(torch::Tensor H, torch::Tensor Wg, torch::Tensor bW, torch::Tensor A,
+                                          torch::Tensor B, torch::Tensor scales, bool use_tanh, double eps,
+                                          torch::Tensor gx, torch::Tensor gR, torch::Tensor gbeta) {
+  check(H, "H", 3);
+  const int64_t T = H.size(0), n = H.size(1), d = H.size(2), k_n = n + 2;
+  TORCH_CHECK(n <= kMaxStreams, "at most ", kMaxStreams, " streams");
+  auto gH = torch::empty_like(H);
+  const int64_t chunks = (T + kChunk - 1) / kChunk;
+  // Per chunk: grad Wg (k_n * d), grad bW (k_n), grad A (n * (n+1)), grad B (n), grad scales (2).
+  const int64_t acc = k_n * d + k_n + n * (n + 1) + n + 2;
+  auto sums = torch::zeros({chunks, acc}, H.options());
+  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "hc_width_backward", [&] {
+    width_backward_impl<scalar_t>(H, Wg, bW, A, B, scales, use_tanh, eps, gx, gR, gbeta, gH, sums);
+  });
+  auto total = sums.sum(0);  // the chunks in order: the same sums on any number of threads
+  return {gH,
+          total.narrow(0, 0, k_n * d).view({k_n, d}),
+          total.narrow(0, k_n * d, k_n),
+          total.narrow(0, k_n * d + k_n, n * (n + 1)).view({n, n + 1}),
+          total.narrow(0, k_n * d + k_n + n * (n + 1), n),
+          total.narrow(0, k_n * d + k_n + n * (n + 1) + n, 2)};
+}
+
+// The depth connection H'_j = R_j + beta_j y backward, one pass: from grad (T, n, d), y (T, d), beta (T, n) or (n),
+// returns grad y (T, d) = sum_j beta_j grad_j and grad beta (T, n) = <grad_j, y> (grad R is grad itself).
+std::vector<torch::Tensor> depth_backward(torch::Tensor grad, torch::Tensor y, torch::Tensor beta) {
+  check(grad, "grad", 3);
+  check(y, "y", 2);
+  TORCH_CHECK(beta.is_contiguous() && (beta.dim() == 1 || beta.dim() == 2), "beta must be (n,) or (T, n), contiguous");
+  const int64_t T = grad.size(0), n = grad.size(1), d = grad.size(2);
+  TORCH_CHECK(n <= kMaxStreams, "at most ", kMaxStreams, " streams");
+  const int64_t beta_stride = beta.dim() == 2 ? n : 0;
+  auto gy = torch::empty_like(y);
+  auto gbeta = torch::empty({T, n}, grad.options());
+  AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "hc_depth_backward", [&] {
+    depth_backward_impl<scalar_t>(grad, y, beta, beta_stride, gy, gbeta);
+  });
+  return {gy, gbeta};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("width_forward", &width_forward, "DHC width connection, forward (x, R, beta)");
+  m.def("width_backward", &width_backward, "DHC width connection, backward");
+  m.def("depth_backward", &depth_backward, "depth connection, backward (grad y, grad beta)");
+}

@@ -1,0 +1,147 @@
+"""HCConfig(fused=True): DHC's width connection and the depth connection's backward as one C++ pass per token on
+the CPU (lit_hc/csrc/hc_fused.cpp), against the PyTorch form they replace: the same function to float rounding."""
+
+import dataclasses
+import shutil
+
+import pytest
+import torch
+
+from lit_hc import GPT, GPTConfig, HCConfig, cpu_kernels
+from lit_hc.hyper_connections import _fused_kernel, _FusedDynamicWidth
+
+can_build = shutil.which("c++") is not None and shutil.which("ninja") is not None
+F64 = dict(rtol=1e-10, atol=1e-11)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    if not can_build:
+        pytest.skip("no C++ compiler or ninja here: HCConfig(fused=True) runs the PyTorch form")
+    built = cpu_kernels.hc_fused()
+    assert built is not None, "a compiler and ninja are here, so the kernel must build"
+    return built
+
+
+def perturbed(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Random, non-init parameters (at init W = 0 and the dynamic part vanishes, which would test nothing)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
+
+
+def step(connection, H: torch.Tensor, g: torch.Tensor, scale: torch.Tensor):
+    H = H.clone().requires_grad_()
+    out = connection(H, lambda x: torch.sin(x) * scale)  # a branch with a non-constant Jacobian
+    out.backward(g)
+    return out.detach(), H.grad, {k: p.grad.clone() for k, p in connection.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ["dhc4", "dhc4-notanh", "dhc1", "dhc2", "dhc3", "dhc8", "shc4", "mhc4"])
+def test_fused_connection_is_the_pytorch_form_in_float64(kernel, name):
+    """Forward, gradient of H and of every parameter, float64, random parameters; n = 3 is off the usual sizes.
+    SHC and mHC use only the depth connection's kernel."""
+    n = HCConfig.from_name(name).expansion_rate
+    plain = perturbed(HCConfig.from_name(name).build(24, 3).double())
+    fused = perturbed(dataclasses.replace(HCConfig.from_name(name), fused=True).build(24, 3).double())
+    H = 2 * torch.randn(3, 37, n, 24, dtype=torch.float64) + 0.5  # token count off every block size
+    g, scale = torch.randn(3, 37, n, 24, dtype=torch.float64), torch.randn(24, dtype=torch.float64)
+    (o1, gh1, gp1), (o2, gh2, gp2) = step(plain, H, g, scale), step(fused, H, g, scale)
+    torch.testing.assert_close(o2, o1, **F64)
+    torch.testing.assert_close(gh2, gh1, **F64)
+    assert gp1.keys() == gp2.keys() and len(gp1) == len(list(plain.parameters()))  # every parameter gets one
+    for key in gp1:
+        torch.testing.assert_close(gp2[key], gp1[key], **F64, msg=lambda m: f"{key}: {m}")
+
+
+def test_fused_connection_in_float32_is_as_accurate_as_the_pytorch_form(kernel):
+    """Float32 (the fast tanh, within 4e-7 of tanh), large pre-activations so that tanh saturates: against the
+    float64 result, the fused path's error is within a small multiple of the PyTorch form's own float32 error."""
+    plain = perturbed(HCConfig.from_name("dhc4").build(64, 5), scale=1.0)
+    fused = perturbed(HCConfig.from_name("dhc4").build(64, 5), scale=1.0)
+    fused.fused = True
+    exact = perturbed(HCConfig.from_name("dhc4").build(64, 5).double(), scale=1.0)
+    H, g, scale = 3 * torch.randn(8, 50, 4, 64), torch.randn(8, 50, 4, 64), torch.randn(64)
+    (o1, gh1, gp1), (o2, gh2, gp2) = step(plain, H, g, scale), step(fused, H, g, scale)
+    o0, gh0, gp0 = step(exact, H.double(), g.double(), scale.double())
+    for key, ref, a, b in [("out", o0, o1, o2), ("H", gh0, gh1, gh2), *((k, gp0[k], gp1[k], gp2[k]) for k in gp0)]:
+        plain_error, fused_error = ((t.double() - ref).abs().max().item() for t in (a, b))
+        assert fused_error <= 4 * plain_error + 1e-6 * ref.abs().max().item(), (key, fused_error, plain_error)
+
+
+def test_the_fused_width_function_passes_gradcheck(kernel):
+    m = perturbed(HCConfig.from_name("dhc2").build(8, 1).double())
+    H = torch.randn(2, 5, 2, 8, dtype=torch.float64, requires_grad=True)
+    params = [m.norm.weight, m.norm.bias, m.dynamic_weight(), m.static_alpha, m.static_beta, m.dynamic_alpha_scale,
+              m.dynamic_beta_scale]
+    params = [p.detach().clone().requires_grad_() for p in params]
+    for use_tanh in (True, False):
+        assert torch.autograd.gradcheck(
+            lambda h, *ps: _FusedDynamicWidth.apply(kernel, h, *ps, use_tanh, 1e-5), (H, *params))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_a_fused_gpt_trains_like_the_plain_one(kernel, recompute):
+    """The whole model, float64: the loss and the gradient of every parameter, with and without recomputation."""
+    def model(fused: bool):
+        torch.manual_seed(0)
+        hc = dataclasses.replace(HCConfig.from_name("dhc4"), fused=fused, recompute=recompute)
+        return perturbed(GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=3, n_head=2, n_embd=16, hc=hc)).double(),
+                         scale=0.1)
+
+    idx = torch.randint(0, 64, (2, 16))
+    grads = []
+    for fused in (False, True):
+        net = model(fused)
+        loss = torch.nn.functional.cross_entropy(net(idx).flatten(0, 1), idx.flatten())
+        loss.backward()
+        grads.append((loss.detach(), {k: p.grad for k, p in net.named_parameters()}))
+    (l1, g1), (l2, g2) = grads
+    torch.testing.assert_close(l2, l1, **F64)
+    assert all(g is not None for g in g2.values())
+    for key in g1:
+        torch.testing.assert_close(g2[key], g1[key], **F64, msg=lambda m: f"{key}: {m}")
+
+
+def test_fused_results_do_not_depend_on_the_thread_count(kernel):
+    """The parameter gradients are summed per fixed chunk of tokens and the chunks in order: 1 and 2 threads give the
+    same bits."""
+    m = perturbed(HCConfig.from_name("dhc4").build(32, 2))
+    m.fused = True
+    H, g, scale = torch.randn(4, 300, 4, 32), torch.randn(4, 300, 4, 32), torch.randn(32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = step(m, H, g, scale)
+        m.zero_grad()
+        torch.set_num_threads(2)
+        two = step(m, H, g, scale)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    assert all(torch.equal(one[2][k], two[2][k]) for k in one[2])
+
+
+def test_fused_applies_only_where_the_kernel_does(kernel):
+    """Off by default; on, only for float32/64 CPU tensors outside autocast (bf16 and the compiled path keep the
+    PyTorch form, which the tests of those paths cover)."""
+    m = HCConfig.from_name("dhc4").build(16, 0)
+    x = torch.randn(2, 4, 16)
+    assert _fused_kernel(m, x) is None  # fused defaults to False
+    m.fused = True
+    assert _fused_kernel(m, x) is kernel and _fused_kernel(m, x.double()) is kernel
+    assert _fused_kernel(m, x.bfloat16()) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _fused_kernel(m, x) is None
+    assert HCConfig.from_name("dhc4").fused is False
+    assert dataclasses.replace(HCConfig.from_name("dhc4"), fused=True).name == "dhc4"  # not part of the name
+
+
+def test_kernel_rejects_bad_input_in_one_line(kernel):
+    z = torch.zeros
+    with pytest.raises(RuntimeError, match="H must have 3 dims"):
+        kernel.width_forward(z(4, 8), z(3, 8), z(3), z(1, 2), z(1), z(2), True, 1e-5)
+    with pytest.raises(RuntimeError, match="at most 16 streams"):
+        kernel.width_forward(z(2, 17, 8), z(19, 8), z(19), z(17, 18), z(17), z(2), True, 1e-5)
