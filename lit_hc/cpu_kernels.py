@@ -1,12 +1,20 @@
 """C++ kernels for the CPU, built on first use by torch.utils.cpp_extension (a C++ compiler and ninja; nothing is
-downloaded). Where one cannot be built, its caller runs the PyTorch form instead, which gives the same results bit
-for bit (tested) and is only slower. `LIT_HC_CPU_KERNELS=0` skips the build.
+downloaded). Where one cannot be built, its caller runs the PyTorch form instead (one warning line), which is only
+slower. `LIT_HC_CPU_KERNELS=0` skips the builds.
 
-Why by hand: at mHC's size the Sinkhorn iterations are hundreds of tiny ops per sub-layer, which eager PyTorch runs
-one by one and which torch.compile on CPU did not make faster (measured on the (n, n, tokens) loop: 0.74 ms compiled
-against 0.55 ms eager, forward, 2,048 tokens, one thread); the kernel keeps a block of tokens in cache through
-every iteration. Under torch.compile the same kernel runs as a custom op inside the graph
-(`lit_hc::sinkhorn_iterate` and its backward `lit_hc::sinkhorn_reverse`, in lit_hc/hyper_connections.py).
+Why by hand: at HC's sizes (n = 4 streams of d = 64-1024 channels per token) the per-token algebra is a few tiny
+matrix products and reductions, which eager PyTorch runs as whole-tensor ops and batched BLAS calls, each a pass over
+memory and BLAS slow at a (5 x 4) by (4 x d) product; a C++ loop keeps a token's block in cache through every step.
+
+- `sinkhorn()` (lit_hc/csrc/sinkhorn.cpp): mHC's Sinkhorn iterations, forward and exact reverse, on (n, n, tokens).
+  Hundreds of tiny ops per sub-layer otherwise, which torch.compile on CPU did not make faster (measured on the
+  loop: 0.74 ms compiled against 0.55 ms eager, forward, 2,048 tokens, one thread). It does the loop's arithmetic in
+  its order, so it gives the loop's results bit for bit (n <= 4, tested) and is always on. Under torch.compile the
+  same kernel runs as a custom op inside the graph (`lit_hc::sinkhorn_iterate`, backward `lit_hc::sinkhorn_reverse`,
+  in lit_hc/hyper_connections.py).
+- `hc_fused()` (lit_hc/csrc/hc_fused.cpp): DHC's whole width connection, the stream mix of SHC and mHC and the depth
+  connection's backward, one pass per token each. Its sums run in another order than BLAS's, so it agrees with the
+  PyTorch form to float rounding only and is opt-in (HCConfig.fused).
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ def sinkhorn() -> ModuleType | None:
 
 @functools.cache
 def hc_fused() -> ModuleType | None:
-    """DHC's width connection and the depth connection's backward in one pass per token (lit_hc/csrc/hc_fused.cpp),
-    or None. Vectorised for this machine's CPU (the build is per machine, in torch's extension cache)."""
+    """DHC's width connection, the stream mix and the depth connection's backward in one pass per token
+    (lit_hc/csrc/hc_fused.cpp; HCConfig.fused), or None. Vectorised for this machine's CPU (-march=native: the build
+    is per machine, in torch's extension cache)."""
     return _build("lit_hc_hc_fused", "hc_fused.cpp", ["-O3", "-march=native", "-fopenmp-simd"],
                   "HCConfig(fused=True) runs the PyTorch form instead")

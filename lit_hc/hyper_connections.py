@@ -65,11 +65,12 @@ class HCConfig:
     changes how, not what, is computed."""
 
     fused: bool = False
-    """CPU, eager, float32/64: DHC's width connection and every HC connection's depth-connection backward in one C++
-    pass per token (lit_hc/csrc/hc_fused.cpp) instead of PyTorch ops; where the kernel cannot be built or does not
-    apply (a GPU, torch.compile, autocast, another norm), the PyTorch form runs. The same function, its sums in
-    another order: equal to float rounding (tested), not bit for bit, so off by default, which keeps the committed
-    results reproducible bit for bit. Like `recompute`, not part of the variant's name."""
+    """CPU, eager, float32/64: DHC's whole width connection (norm, projection, tanh, mix), the stream mix of SHC and
+    mHC, and the depth connection's backward each in one C++ pass per token (lit_hc/csrc/hc_fused.cpp) instead of
+    PyTorch ops; where the kernel cannot be built or does not apply (a GPU, torch.compile, autocast, another norm),
+    the PyTorch form runs. The same function with its sums in another order: equal to float rounding (tested), not
+    bit for bit, so off by default, which keeps the committed results reproducible bit for bit. Like `recompute`, not
+    part of the variant's name."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -198,14 +199,30 @@ class _StreamMix(torch.autograd.Function):
         return grad_H, grad_alpha
 
     @staticmethod
-    def forward(ctx, H: torch.Tensor, alpha: torch.Tensor):
-        ctx.save_for_backward(H, alpha)
-        return _StreamMix.mix(H, alpha)
+    def forward(ctx, H: torch.Tensor, alpha: torch.Tensor, kernel=None):
+        ctx.kernel = kernel if kernel is not None and (alpha.dim() == 2 or alpha.shape[:-2] == H.shape[:-2]) else None
+        if ctx.kernel is None:
+            ctx.save_for_backward(H, alpha)
+            return _StreamMix.mix(H, alpha)
+        # one C++ pass per token (hc_fused.cpp, mix_forward): H read once, x and R written once
+        n, d = H.shape[-2:]
+        H3 = H.reshape(-1, n, d).contiguous()
+        alpha3 = (alpha if alpha.dim() == 2 else alpha.reshape(-1, n, n + 1)).contiguous()
+        ctx.save_for_backward(H3, alpha3)
+        ctx.shapes = H.shape, alpha.shape
+        x, R = kernel.mix_forward(H3, alpha3)
+        return x.view(*H.shape[:-2], d), R.view(H.shape)
 
     @staticmethod
     def backward(ctx, grad_x: torch.Tensor | None, grad_R: torch.Tensor | None):
         H, alpha = ctx.saved_tensors
-        return _StreamMix.mix_backward(H, alpha, grad_x, grad_R, ctx.needs_input_grad)
+        if ctx.kernel is None:
+            return (*_StreamMix.mix_backward(H, alpha, grad_x, grad_R, ctx.needs_input_grad), None)
+        (H_shape, alpha_shape), (n, d) = ctx.shapes, H.shape[-2:]
+        flat = lambda g, *shape: H.new_empty(0) if g is None else g.reshape(*shape).contiguous()  # noqa: E731
+        grad_H, grad_alpha = ctx.kernel.mix_backward(H, alpha, flat(grad_x, -1, d), flat(grad_R, -1, n, d))
+        grad_alpha = grad_alpha.sum(0) if len(alpha_shape) == 2 else grad_alpha.view(alpha_shape)
+        return grad_H.view(H_shape), grad_alpha, None
 
 
 @_backward_under_forward_autocast
@@ -399,16 +416,17 @@ def _per_token(coefficients: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 
-def stream_mix(H: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def stream_mix(H: torch.Tensor, alpha: torch.Tensor, kernel=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Width connection: x = sum_i alpha[i, 0] H[i], R[j] = sum_i alpha[i, j+1] H[i].
 
     H (..., n, d); alpha (n, n+1) or per token (..., n, n+1). Returns x (..., d) and R (..., n, d), both views of
-    one (..., n+1, d) product. The hand-written backward is one batched matmul per input.
+    one (..., n+1, d) product. The hand-written backward is one batched matmul per input. `kernel`: the C++
+    module (_fused_kernel) that does forward and backward in one pass per token instead.
     """
     if torch.compiler.is_compiling():  # as a broadcast-and-reduce, which inductor fuses into one loop
         mix = (alpha.unsqueeze(-1) * H.unsqueeze(-2)).sum(-3)  # (..., n, n+1, d) summed over n
         return mix[..., 0, :].contiguous(), mix[..., 1:, :]
-    return _StreamMix.apply(H, alpha)
+    return _StreamMix.apply(H, alpha, kernel)
 
 
 def stream_add(y: torch.Tensor, R: torch.Tensor, beta: torch.Tensor, kernel=None) -> torch.Tensor:
@@ -682,7 +700,7 @@ class HyperConnection(StreamConnection):
                                        self.static_beta, self.dynamic_alpha_scale, self.dynamic_beta_scale,
                                        isinstance(self.act, nn.Tanh), self.norm.eps, self.lean())
         alpha, beta = self.lean_coefficients(H) if self.dynamic else self.coefficients(H)
-        x, R = stream_mix(H, alpha)  # (n+1, n) @ (..., n, d) -> (..., n+1, d) = [x; R]
+        x, R = stream_mix(H, alpha, _fused_kernel(self, H, alpha))  # (n+1, n) @ (..., n, d) -> (..., n+1, d) = [x; R]
         return x, R, beta
 
     def connection_matrix(self, H: torch.Tensor) -> torch.Tensor:
@@ -874,7 +892,8 @@ class ManifoldHyperConnection(StreamConnection):
     def width_connection(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h_pre, h_post, h_res = self.lean_coefficients(H)
         # One mixing matrix in HC's layout, alpha = [H_pre^T | H_res^T]: x = H_pre H, R = H_res H.
-        x, R = stream_mix(H, torch.cat([h_pre.unsqueeze(-1), h_res.transpose(-1, -2)], -1))
+        alpha = torch.cat([h_pre.unsqueeze(-1), h_res.transpose(-1, -2)], -1)
+        x, R = stream_mix(H, alpha, _fused_kernel(self, H, alpha))
         return x, R, h_post
 
     def connection_matrix(self, H: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""HCConfig(fused=True): DHC's width connection and the depth connection's backward as one C++ pass per token on
-the CPU (lit_hc/csrc/hc_fused.cpp), against the PyTorch form they replace: the same function to float rounding."""
+"""HCConfig(fused=True): DHC's width connection, the stream mix of SHC and mHC, and the depth connection's backward
+as one C++ pass per token on the CPU (lit_hc/csrc/hc_fused.cpp), against the PyTorch form they replace: the same
+function to float rounding."""
 
 import dataclasses
 import shutil
@@ -42,7 +43,7 @@ def step(connection, H: torch.Tensor, g: torch.Tensor, scale: torch.Tensor):
 @pytest.mark.parametrize("name", ["dhc4", "dhc4-notanh", "dhc1", "dhc2", "dhc3", "dhc8", "shc4", "mhc4"])
 def test_fused_connection_is_the_pytorch_form_in_float64(kernel, name):
     """Forward, gradient of H and of every parameter, float64, random parameters; n = 3 is off the usual sizes.
-    SHC and mHC use only the depth connection's kernel."""
+    SHC and mHC use the kernel's mix (static and per-token coefficients) and depth connection."""
     n = HCConfig.from_name(name).expansion_rate
     plain = perturbed(HCConfig.from_name(name).build(24, 3).double())
     fused = perturbed(dataclasses.replace(HCConfig.from_name(name), fused=True).build(24, 3).double())
@@ -83,11 +84,12 @@ def test_the_fused_width_function_passes_gradcheck(kernel):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-def test_a_fused_gpt_trains_like_the_plain_one(kernel, recompute):
+@pytest.mark.parametrize("name", ["dhc4", "shc4", "mhc4"])
+def test_a_fused_gpt_trains_like_the_plain_one(kernel, name, recompute):
     """The whole model, float64: the loss and the gradient of every parameter, with and without recomputation."""
     def model(fused: bool):
         torch.manual_seed(0)
-        hc = dataclasses.replace(HCConfig.from_name("dhc4"), fused=fused, recompute=recompute)
+        hc = dataclasses.replace(HCConfig.from_name(name), fused=fused, recompute=recompute)
         return perturbed(GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=3, n_head=2, n_embd=16, hc=hc)).double(),
                          scale=0.1)
 
@@ -145,3 +147,14 @@ def test_kernel_rejects_bad_input_in_one_line(kernel):
         kernel.width_forward(z(4, 8), z(3, 8), z(3), z(1, 2), z(1), z(2), True, 1e-5)
     with pytest.raises(RuntimeError, match="at most 16 streams"):
         kernel.width_forward(z(2, 17, 8), z(19, 8), z(19), z(17, 18), z(17), z(2), True, 1e-5)
+
+
+def test_without_the_kernel_fused_runs_the_pytorch_form_bit_for_bit(monkeypatch):
+    """No compiler (or LIT_HC_CPU_KERNELS=0): `fused` changes nothing, not even the last bit."""
+    monkeypatch.setattr(cpu_kernels, "hc_fused", lambda: None)
+    for name in ("dhc4", "shc4", "mhc4"):
+        plain = perturbed(HCConfig.from_name(name).build(16, 1))
+        fused = perturbed(dataclasses.replace(HCConfig.from_name(name), fused=True).build(16, 1))
+        H, g, scale = torch.randn(2, 9, 4, 16), torch.randn(2, 9, 4, 16), torch.randn(16)
+        (o1, gh1, gp1), (o2, gh2, gp2) = step(plain, H, g, scale), step(fused, H, g, scale)
+        assert torch.equal(o1, o2) and torch.equal(gh1, gh2) and all(torch.equal(gp1[k], gp2[k]) for k in gp1)

@@ -1,21 +1,22 @@
-// Dynamic hyper-connections' width connection (Zhu et al. 2025, Eq. 10-13) and the depth connection's backward, in
-// one pass over the stream state per block of tokens, on the CPU.
+// Hyper-connections' stream work on the CPU, one pass over the stream state per token (HCConfig.fused): dynamic HC's
+// whole width connection (Zhu et al. 2025, Eq. 10-13), the width connection's mix alone for coefficients computed
+// elsewhere (static HC, mHC), and the depth connection's backward.
 //
-// The PyTorch form (lit_hc/hyper_connections.py, _DynamicWidth) reads H (tokens, n, d) four times forward (mean,
-// mean square, projection, mix) and runs each step as a whole-tensor op; its small matmuls ((n+1) x n by n x d per
-// token, batched) go through BLAS, which is slow at that shape. Here a token's n x d block, a few KB, stays in L1
-// while every step runs on it: forward reads H once and writes x and R once; backward reads H and the incoming
-// gradients once and writes the gradient of H once, recomputing the norm statistics and coefficients on the way
-// (cheaper than saving and reading them back), so the forward keeps nothing but H for backward.
+// The PyTorch form (lit_hc/hyper_connections.py, _DynamicWidth, _StreamMix, _StreamAdd) reads H (tokens, n, d) four
+// times in DHC's forward (mean, mean square, projection, mix) and runs each step as a whole-tensor op; its small
+// matmuls ((n+1) x n by n x d per token, batched) go through BLAS, which is slow at that shape. Here a token's n x d
+// block, a few KB, stays in L1 while every step runs on it: forward reads H once and writes x and R once; backward
+// reads H and the incoming gradients once and writes the gradient of H once, recomputing the norm statistics and
+// coefficients on the way (cheaper than saving and reading them back), so DHC's forward keeps only H for backward.
 //
-// Per token, for each stream row h_i (d values):
+// DHC per token, for each stream row h_i (d values):
 //   xhat_i = (h_i - mean_i) * rstd_i                 LayerNorm without its gain (folded into Wg)
 //   z[i, k] = <xhat_i, Wg[k]> + bW[k]                 k < n + 2; Wg = (g * W)^T, bW = b @ W
 //   p = tanh(z) (or z),  alpha[i, j] = A[i, j] + sa * p[i, j] (j <= n),  beta[i] = B[i] + sb * p[i, n + 1]
 //   x = sum_i alpha[i, 0] h_i,  R_j = sum_i alpha[i, j + 1] h_i
 // The parameter gradients are summed per chunk of kChunk tokens and the chunks in order, so the result does not
 // depend on the number of threads. The sums run in another order than the PyTorch form's (BLAS), so the values
-// agree with it to float rounding, not bit for bit (tests/test_cpu_kernels.py).
+// agree with it to float rounding, not bit for bit (tests/test_fused_kernels.py).
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -122,6 +123,16 @@ struct Token {
     }
   }
 
+  // The mix's backward for stream row h_i with coefficients a = alpha[i, :]: out = sum_j a[j] g_j, ga[j] = <h_i, g_j>.
+  void mix_backward_row(const T* row, const T* a, const T* const* g, T* out, T* ga) const {
+    combine(out, a, g, n + 1, d);
+    for (int64_t j = 0; j <= n; ++j) ga[j] = dot(row, g[j], d);
+  }
+
+  void mix_backward(const T* h, const T* alpha, const T* const* g, T* gH, T* galpha) const {
+    for (int64_t i = 0; i < n; ++i) mix_backward_row(h + i * d, alpha + i * (n + 1), g, gH + i * d, galpha + i * (n + 1));
+  }
+
   // The gradients of one token: g[j] the gradient of output row j (x, then R's rows), gbeta (n) or null; writes
   // gH (n, d) and adds the parameter gradients into the chunk's sums.
   void backward(const T* h, const T* const* g, const T* gbeta, const T* Wg, const T* bW, const T* A, const T* B, T sa,
@@ -135,11 +146,12 @@ struct Token {
       const T* row = h + i * d;
       T* out = gH + i * d;
       // the mix's part: dL/dh_i = sum_j alpha[i, j] g_j, dL/dalpha[i, j] = <h_i, g_j>
-      combine(out, alpha + i * (n + 1), g, n + 1, d);
+      T ga_i[kMaxStreams + 1];
+      mix_backward_row(row, alpha + i * (n + 1), g, out, ga_i);
       // through the coefficients: dL/dp, then dL/dz
       T gz[kMaxStreams + 2];
       for (int64_t j = 0; j <= n; ++j) {
-        const T ga = dot(row, g[j], d);
+        const T ga = ga_i[j];
         gz[j] = ga * sa;
         sA[i * (n + 1) + j] += ga;
         sS[0] += ga * p[i * k_n + j];
@@ -326,7 +338,60 @@ std::vector<torch::Tensor> depth_backward(torch::Tensor grad, torch::Tensor y, t
   return {gy, gbeta};
 }
 
+// The width connection's mix alone, x = sum_i alpha[i, 0] h_i and R_j = sum_i alpha[i, j+1] h_i, for coefficients
+// computed elsewhere (SHC's static ones, mHC's): H (T, n, d), alpha (T, n, n+1), or (n, n+1) for every token.
+std::vector<torch::Tensor> mix_forward(torch::Tensor H, torch::Tensor alpha) {
+  check(H, "H", 3);
+  const int64_t T = H.size(0), n = H.size(1), d = H.size(2);
+  TORCH_CHECK(n <= kMaxStreams, "at most ", kMaxStreams, " streams");
+  TORCH_CHECK(alpha.is_contiguous() && alpha.numel() % (n * (n + 1)) == 0, "alpha must be (T, n, n+1) or (n, n+1)");
+  const int64_t stride = alpha.dim() == 3 ? n * (n + 1) : 0;
+  auto x = torch::empty({T, d}, H.options());
+  auto R = torch::empty({T, n, d}, H.options());
+  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "hc_mix_forward", [&] {
+    const Token<scalar_t> token{n, d};
+    const scalar_t *h0 = H.data_ptr<scalar_t>(), *a0 = alpha.data_ptr<scalar_t>();
+    scalar_t *x0 = x.data_ptr<scalar_t>(), *R0 = R.data_ptr<scalar_t>();
+    at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) token.mix(h0 + t * n * d, a0 + t * stride, x0 + t * d, R0 + t * n * d);
+    });
+  });
+  return {x, R};
+}
+
+// Its backward from the gradients of x (T, d) and R (T, n, d) (an empty one is zero): grad H (T, n, d) and grad
+// alpha per token (T, n, n+1) (the caller sums it for static coefficients).
+std::vector<torch::Tensor> mix_backward(torch::Tensor H, torch::Tensor alpha, torch::Tensor gx, torch::Tensor gR) {
+  check(H, "H", 3);
+  const int64_t T = H.size(0), n = H.size(1), d = H.size(2);
+  TORCH_CHECK(n <= kMaxStreams, "at most ", kMaxStreams, " streams");
+  TORCH_CHECK(alpha.is_contiguous() && alpha.numel() % (n * (n + 1)) == 0, "alpha must be (T, n, n+1) or (n, n+1)");
+  const int64_t stride = alpha.dim() == 3 ? n * (n + 1) : 0;
+  const bool has_x = gx.numel() > 0, has_R = gR.numel() > 0;
+  auto gH = torch::empty_like(H);
+  auto galpha = torch::empty({T, n, n + 1}, H.options());
+  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "hc_mix_backward", [&] {
+    const Token<scalar_t> token{n, d};
+    const scalar_t *h0 = H.data_ptr<scalar_t>(), *a0 = alpha.data_ptr<scalar_t>();
+    const scalar_t* gx0 = has_x ? gx.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gR0 = has_R ? gR.data_ptr<scalar_t>() : nullptr;
+    scalar_t *gH0 = gH.data_ptr<scalar_t>(), *ga0 = galpha.data_ptr<scalar_t>();
+    at::parallel_for(0, T, 16, [&](int64_t t0, int64_t t1) {
+      std::vector<scalar_t> zeros(d, scalar_t(0));
+      const scalar_t* g[kMaxStreams + 1];
+      for (int64_t t = t0; t < t1; ++t) {
+        g[0] = has_x ? gx0 + t * d : zeros.data();
+        for (int64_t j = 1; j <= n; ++j) g[j] = has_R ? gR0 + (t * n + j - 1) * d : zeros.data();
+        token.mix_backward(h0 + t * n * d, a0 + t * stride, g, gH0 + t * n * d, ga0 + t * n * (n + 1));
+      }
+    });
+  });
+  return {gH, galpha};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mix_forward", &mix_forward, "the width connection's mix, forward (x, R)");
+  m.def("mix_backward", &mix_backward, "the width connection's mix, backward (grad H, grad alpha per token)");
   m.def("width_forward", &width_forward, "DHC width connection, forward (x, R, beta)");
   m.def("width_backward", &width_backward, "DHC width connection, backward");
   m.def("depth_backward", &depth_backward, "depth connection, backward (grad y, grad beta)");
