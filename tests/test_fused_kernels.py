@@ -158,3 +158,18 @@ def test_without_the_kernel_fused_runs_the_pytorch_form_bit_for_bit(monkeypatch)
         H, g, scale = torch.randn(2, 9, 4, 16), torch.randn(2, 9, 4, 16), torch.randn(16)
         (o1, gh1, gp1), (o2, gh2, gp2) = step(plain, H, g, scale), step(fused, H, g, scale)
         assert torch.equal(o1, o2) and torch.equal(gh1, gh2) and all(torch.equal(gp1[k], gp2[k]) for k in gp1)
+
+
+@pytest.mark.parametrize("name", ["dhc4", "mhc4"])
+def test_a_fused_block_compiles_whole_and_runs_the_compiled_form(kernel, name):
+    """Under torch.compile `fused` steps aside (the compiled form is inductor's): dynamo traces the block without a
+    graph break, and its result equals the eager fused block's to float32 rounding."""
+    from lit_hc.layers import Block
+
+    torch.manual_seed(0)
+    torch._dynamo.reset()
+    block = perturbed(Block(16, 2, index=1, hc=dataclasses.replace(HCConfig.from_name(name), fused=True), causal=True,
+                            mlp_ratio=2.0), scale=0.05)
+    H = torch.randn(2, 8, 4, 16)
+    compiled = torch.compile(block, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(H), block(H), rtol=1e-4, atol=1e-5)
