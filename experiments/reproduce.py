@@ -61,6 +61,13 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "mHC x4 seed 0, remade, has the same validation curve, connection matrices and residual gains to the last "
         "bit (results/lm/drift.md)",
     ),
+    "db7544dd581c": (
+        "96f8bf2eeb2d",
+        "HCConfig.fused, an opt-in C++ path (off in every run here): with it off, the Functions make the same calls "
+        "in the same order (tests/test_fused_kernels.py checks the off path bit for bit), and the depth study's DHC "
+        "x4 L = 4 seed 0 at lr 6e-3 and the LM main grid's mHC x4 seed 0, remade, have the same validation curves, "
+        "connection matrices and residual gains to the last bit (results/lm/drift.md)",
+    ),
 }
 
 
