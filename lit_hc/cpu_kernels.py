@@ -35,7 +35,10 @@ def _build(name: str, source: str, flags: list[str], what: str) -> ModuleType | 
     try:
         from torch.utils.cpp_extension import load
 
-        return load(name=name, sources=[str(SOURCES / source)], extra_cflags=flags, verbose=False)
+        # -fopenmp: at::parallel_for is OpenMP in torch's CPU builds and a no-op in code compiled without it (the
+        # kernel would run on one thread); it links the libgomp torch has already loaded.
+        return load(name=name, sources=[str(SOURCES / source)], extra_cflags=[*flags, "-fopenmp"],
+                    extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as error:  # no compiler, no ninja, a read-only cache: the PyTorch form still works
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
         warnings.warn(f"lit-hc: the CPU kernel {source} did not build ({reason}); {what}. Set {ENV}=0 to skip the "
