@@ -68,6 +68,12 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "x4 L = 4 seed 0 at lr 6e-3 and the LM main grid's mHC x4 seed 0, remade, have the same validation curves, "
         "connection matrices and residual gains to the last bit (results/lm/drift.md)",
     ),
+    "3490d68d7ffc": (
+        "db7544dd581c",
+        "the C++ kernels built with OpenMP, so the Sinkhorn kernel's blocks of tokens, each computed alone, run on "
+        "every thread (before, on one): the same arithmetic per block (tests/test_cpu_kernels.py, bit for bit), and "
+        "the same two runs, remade again, are identical to the last bit (results/lm/drift.md)",
+    ),
 }
 
 
