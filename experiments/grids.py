@@ -116,10 +116,11 @@ SCALED_GRIDS = {"mid": {"residual": 3, "dhc4": 3}, "paper": {"residual": 1, "dhc
 LM_BUDGET = Budget(steps=600, batch_size=16, val_every=100)
 LM_WIDTH, LM_LR = 64, 3e-3
 DEPTHS = (4, 8, 16, 32)
-# The LM depth study's held-out seeds: seeds 0-2 chose the main grid's depth from it, so whether the gain grows with
-# depth is read again on seeds 3-5, run after every choice had been fixed (the ViT's depth study has none yet: at
-# ~4 h per seed set on this CPU it waits for a GPU).
-DEPTH_CONFIRM_SEEDS = {"lm": (3, 4, 5), "vit": ()}
+# The depth studies' held-out seeds: seeds 0-2 chose the main grid's depth from them, so whether the gain grows with
+# depth is read again on seeds 3-5, run after every choice had been fixed. The ViT's were added after its main grid
+# had run (whose seeds 3-5 confirmed, chose nothing): at L = 24 its DHC x4 runs at 2e-3 are the main grid's own
+# (same names, one pool), every other run is new.
+DEPTH_CONFIRM_SEEDS = {"lm": (3, 4, 5), "vit": (3, 4, 5)}
 
 # ViT regime of the depth study and the main grid: the generated shapes (10 classes, 32 px, 5,000 training and
 # 3,000 validation images: 300 per class, so a top-1 difference of 2 points is about one binomial std of a
@@ -187,7 +188,7 @@ def depth_study(task: str = "lm", quick: bool = False, lr: float | None = None) 
     """Does HC's gain grow with depth at fixed width? Residual vs DHC x4 against depth, equal tokens (images).
 
     LM: L in DEPTHS at width 64; ViT: L in VIT_DEPTHS at width 64. Seeds 0-2 are the choice set: the main grid's
-    depth is picked from this study; DEPTH_CONFIRM_SEEDS (LM: 3-5) read the trend again. Runs go depth by depth in
+    depth is picked from this study; DEPTH_CONFIRM_SEEDS (3-5) read the trend again. Runs go depth by depth in
     the tuple's order, every seed of a depth before the next (the choice seeds first, then the confirmation seeds),
     so an interrupted study already holds whole depths. QUICK: L in {1, 2}, width 32, seed 0 then seed 1.
     """

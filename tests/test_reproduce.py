@@ -221,7 +221,13 @@ def test_depth_study_pairs_every_depth_and_seed():
     assert [r.seed in (0, 1, 2) for r in study.runs] == [True] * 24 + [False] * 24
     assert [(r.knob("L"), r.seed, r.variant) for r in study.runs[24:28]] == [
         (4, 3, "residual"), (4, 3, "dhc4"), (4, 4, "residual"), (4, 4, "dhc4")]
-    assert not depth_study("vit").confirm_seeds  # the ViT's waits for a GPU (grids.py)
+    vit = depth_study("vit")
+    assert vit.choice_seeds == (0, 1, 2) and vit.confirm_seeds == (3, 4, 5) and len(set(vit.runs)) == 60
+    assert [r.seed in (0, 1, 2) for r in vit.runs] == [True] * 30 + [False] * 30
+    # its held-out seeds share only the main grid's DHC x4 runs at the depth study's LR (the main grid's L = 24)
+    main = {r.name for r in main_study("vit").runs}
+    assert {r.name for r in vit.runs[30:] if r.name in main} == {
+        f"dhc4-L24-d64-lr0.002-steps600-train500-s{s}" for s in (3, 4, 5)}
 
 
 def test_depth_study_at_the_grid_lr_shares_the_main_grids_runs():
