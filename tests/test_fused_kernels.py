@@ -40,15 +40,18 @@ def step(connection, H: torch.Tensor, g: torch.Tensor, scale: torch.Tensor):
     return out.detach(), H.grad, {k: p.grad.clone() for k, p in connection.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("d", [24, 13])
 @pytest.mark.parametrize("name", ["dhc4", "dhc4-notanh", "dhc1", "dhc2", "dhc3", "dhc8", "shc4", "mhc4"])
-def test_fused_connection_is_the_pytorch_form_in_float64(kernel, name):
+def test_fused_connection_is_the_pytorch_form_in_float64(kernel, name, d):
     """Forward, gradient of H and of every parameter, float64, random parameters; n = 3 is off the usual sizes.
-    SHC and mHC use the kernel's mix (static and per-token coefficients) and depth connection."""
+    SHC and mHC use the kernel's mix (static and per-token coefficients) and depth connection. d = 13: channels
+    left over after the kernel's 8- and 4-lane blocks (float64 is 4 lanes of AVX2); n = 1, 2, 3, 4, 8 leave
+    0-3 rows after the kernel's 4-row groups of dot products and norm statistics."""
     n = HCConfig.from_name(name).expansion_rate
-    plain = perturbed(HCConfig.from_name(name).build(24, 3).double())
-    fused = perturbed(dataclasses.replace(HCConfig.from_name(name), fused=True).build(24, 3).double())
-    H = 2 * torch.randn(3, 37, n, 24, dtype=torch.float64) + 0.5  # token count off every block size
-    g, scale = torch.randn(3, 37, n, 24, dtype=torch.float64), torch.randn(24, dtype=torch.float64)
+    plain = perturbed(HCConfig.from_name(name).build(d, 3).double())
+    fused = perturbed(dataclasses.replace(HCConfig.from_name(name), fused=True).build(d, 3).double())
+    H = 2 * torch.randn(3, 37, n, d, dtype=torch.float64) + 0.5  # token count off every block size
+    g, scale = torch.randn(3, 37, n, d, dtype=torch.float64), torch.randn(d, dtype=torch.float64)
     (o1, gh1, gp1), (o2, gh2, gp2) = step(plain, H, g, scale), step(fused, H, g, scale)
     torch.testing.assert_close(o2, o1, **F64)
     torch.testing.assert_close(gh2, gh1, **F64)
@@ -57,14 +60,16 @@ def test_fused_connection_is_the_pytorch_form_in_float64(kernel, name):
         torch.testing.assert_close(gp2[key], gp1[key], **F64, msg=lambda m: f"{key}: {m}")
 
 
-def test_fused_connection_in_float32_is_as_accurate_as_the_pytorch_form(kernel):
-    """Float32 (the fast tanh, within 4e-7 of tanh), large pre-activations so that tanh saturates: against the
-    float64 result, the fused path's error is within a small multiple of the PyTorch form's own float32 error."""
-    plain = perturbed(HCConfig.from_name("dhc4").build(64, 5), scale=1.0)
-    fused = perturbed(HCConfig.from_name("dhc4").build(64, 5), scale=1.0)
+@pytest.mark.parametrize("d", [64, 29])
+def test_fused_connection_in_float32_is_as_accurate_as_the_pytorch_form(kernel, d):
+    """Float32 (the fast tanh, within 4e-7 of tanh, 8 lanes at a time), large pre-activations so that tanh
+    saturates: against the float64 result, the fused path's error is within a small multiple of the PyTorch form's
+    own float32 error. d = 29: a 16-, an 8-lane block and 5 channels left over."""
+    plain = perturbed(HCConfig.from_name("dhc4").build(d, 5), scale=1.0)
+    fused = perturbed(HCConfig.from_name("dhc4").build(d, 5), scale=1.0)
     fused.fused = True
-    exact = perturbed(HCConfig.from_name("dhc4").build(64, 5).double(), scale=1.0)
-    H, g, scale = 3 * torch.randn(8, 50, 4, 64), torch.randn(8, 50, 4, 64), torch.randn(64)
+    exact = perturbed(HCConfig.from_name("dhc4").build(d, 5).double(), scale=1.0)
+    H, g, scale = 3 * torch.randn(8, 50, 4, d), torch.randn(8, 50, 4, d), torch.randn(d)
     (o1, gh1, gp1), (o2, gh2, gp2) = step(plain, H, g, scale), step(fused, H, g, scale)
     o0, gh0, gp0 = step(exact, H.double(), g.double(), scale.double())
     for key, ref, a, b in [("out", o0, o1, o2), ("H", gh0, gh1, gh2), *((k, gp0[k], gp1[k], gp2[k]) for k in gp0)]:
