@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 # data: pyarrow, datasets and zstandard for `lit-hc prepare` (parquet, save_to_disk folders, .jsonl.zst)
 EXTRAS ?= --extra dev --extra hf --extra bench --extra data
 
-.PHONY: help install test test-slow test-all reproduce bench bench-widths tensorboard clean-venv
+.PHONY: help install test test-slow test-all reproduce bench bench-widths bench-fit tensorboard clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: install ## Step time, memory and inference speed of every variant vs the 
 
 bench-widths: install ## HC's step-time overhead at d = 64 (16 layers) to 1024, eager and compiled, against its memory-traffic floor -> results/bench_widths.{md,csv} (23-35 min here with BENCH_ARGS=--repeats 5, by the day's machine speed)
 	$(PY) -m experiments.bench --sweep $(BENCH_ARGS)
+
+bench-fit: install ## HC's cost in the training loop itself: `lit-hc fit` runs of the LM main grid, plain and fused -> results/bench_fit.{md,csv}
+	$(PY) -m experiments.bench --fit $(BENCH_ARGS)
 
 LOGDIR ?= results
 tensorboard: install ## Serve TensorBoard for results/ (all runs side by side) [LOGDIR=runs]

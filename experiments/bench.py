@@ -2,6 +2,7 @@
 
     python -m experiments.bench                      # make bench: both models, eager and compiled -> results/bench.*
     python -m experiments.bench --repeats 1 --quick  # the smoke run of the tests
+    python -m experiments.bench --fit                # the real training loop: `lit-hc fit` runs of the LM main grid
 
 For each model (a 6-layer GPT and ViT at d = 256) and mode (eager, torch.compile), every variant is built with the
 same seed; repeats are interleaved (variant order rotates each repeat) so drifts of the machine hit all variants
@@ -23,7 +24,9 @@ import io
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -377,6 +380,58 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+FIT_VARIANTS = ("residual", "dhc4", "dhc4-fused")
+
+
+def fit_runs(variants: list[str], rounds: int, steps: int, quick: bool, work: Path) -> list[dict]:
+    """The training loop itself, not a bench model: `lit-hc fit` of the LM main grid's seed-0 run of each variant
+    (its data, model, optimizer and logging, cut to `steps` steps), one process per run, rounds interleaved with the
+    order rotating. The step time is the median of the per-step rates the run logs, as the grid's summaries read it."""
+    from experiments.grids import main_study
+    from experiments.reproduce import cli_args
+    from experiments.summarize import read_run_metrics
+
+    study = main_study("lm", quick=quick)
+    rows = []
+    for r in range(rounds):
+        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        for v in order:
+            base = v.removesuffix("-fused")
+            run = next(x for x in study.runs if x.variant == base and x.seed == 0 and dict(x.knobs) == study.base_knobs)
+            args = cli_args(run, study, "cpu", quick, work, None)
+            args = [a.replace(run.name, f"{v}-round{r}") for a in args]
+            args += ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
+                     "--trainer.limit_val_batches", "1", "--model.init_args.hc.fused", str(v.endswith("-fused")).lower()]
+            started = time.time()
+            subprocess.run([sys.executable, "-m", "lit_hc", *args], check=True, stdout=subprocess.DEVNULL)
+            m = read_run_metrics(work / "lm" / "runs" / f"{v}-round{r}", "lm")
+            rows.append({"round": r, "variant": v, "step_ms": m["step_time_s"] * 1e3, "wall_s": time.time() - started,
+                         "steps": steps, "train_tokens_per_step": m["units_per_step"]})
+            print(f"  round {r} {v:12s} {rows[-1]['step_ms']:7.1f} ms/step", flush=True)
+    for row in rows:
+        ref = next(x for x in rows if x["round"] == row["round"] and x["variant"] == "residual")
+        row["step_ratio"] = row["step_ms"] / ref["step_ms"]
+    return rows
+
+
+def write_fit(rows: list[dict], out: Path, command: str, device, seconds: float, arch: str) -> None:
+    write_csv(out / "bench_fit.csv", rows)
+    rounds = sorted({r["round"] for r in rows})
+    lines = header("HC's cost in the training loop itself", command, device, seconds) + [
+        f"`lit-hc fit` of the LM main grid's seed-0 run of each variant ({arch}), cut to {rows[0]['steps']} steps, one "
+        "process per run, rounds interleaved (the order rotates each round). Step time: the median of the per-step "
+        "rates the run logs (the wall time between batches: data, forward, backward, optimizer), as the grid's "
+        "summaries read it; ratio: to the residual run of the same round. `-fused`: `--model.init_args.hc.fused "
+        "true` (the C++ one-pass connections).\n",
+        "| variant | " + " | ".join(f"round {r}: ms / step (ratio)" for r in rounds) + " | median ratio |",
+        "|---|" + "---|" * (len(rounds) + 1)]
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        sel = [r for r in rows if r["variant"] == v]
+        lines.append(f"| {v} | " + " | ".join(f"{r['step_ms']:.0f} ({r['step_ratio']:.2f}x)" for r in sel) +
+                     f" | {statistics.median(r['step_ratio'] for r in sel):.2f}x |")
+    write_atomic(out / "bench_fit.md", "\n".join(lines) + "\n")
+
+
 def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: float) -> None:
     write_csv(out / "bench_widths.csv", rows)
     widths = list(dict.fromkeys(r["width"] for r in rows))
@@ -514,6 +569,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", action="store_true",
                         help="instead: one sub-layer's connection alone at the sweep's widths, its parts and its floor "
                              "-> bench_connections.md and .csv")
+    parser.add_argument("--fit", action="store_true",
+                        help=f"instead: `lit-hc fit` runs of the LM main grid (default variants {list(FIT_VARIANTS)}), "
+                             "--repeats rounds of --fit-steps steps -> bench_fit.md and .csv")
+    parser.add_argument("--fit-steps", type=int, default=100, help="with --fit: training steps per run")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing: the top operators of one eager step per variant -> bench_profile.md")
     a = parser.parse_args(argv)
@@ -548,6 +607,19 @@ def main(argv: list[str] | None = None) -> None:
         rows = sweep(widths, chosen, modes, a.repeats, a.steps, a.warmup, device)
         write_sweep(rows, Path(a.out), command.strip(), device, time.time() - started)
         print(f"bench: wrote {a.out}/bench_widths.md and bench_widths.csv in {(time.time() - started) / 60:.1f} min")
+        return
+    if a.fit:
+        chosen = list(dict.fromkeys(["residual", *(a.variants or FIT_VARIANTS)]))
+        bad = [v for v in chosen if v.removesuffix("-fused") not in VARIANTS or "-recompute" in v]
+        if bad:
+            parser.error(f"--fit --variants {' '.join(bad)}: the main grid's variants run here, with -fused or not")
+        started = time.time()
+        with tempfile.TemporaryDirectory() as work:
+            rows = fit_runs(chosen, a.repeats, a.fit_steps, a.quick, Path(work))
+        from experiments.grids import LM_MAIN_DEPTH, LM_WIDTH
+        arch = "test-sized" if a.quick else f"{LM_MAIN_DEPTH} layers x d = {LM_WIDTH}"
+        write_fit(rows, Path(a.out), command.strip(), device, time.time() - started, arch)
+        print(f"bench: wrote {a.out}/bench_fit.md and .csv in {(time.time() - started) / 60:.1f} min")
         return
     if a.profile:
         task = "lm" if a.model == "all" else a.model

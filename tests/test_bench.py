@@ -106,3 +106,19 @@ def test_connection_costs_smoke(tmp_path):
             assert float(r["depth_ms"]) == pytest.approx(whole - width, abs=2e-3 * whole)
             assert float(r["overhead_over_floor"]) == pytest.approx(float(r["overhead_ms"]) / floor_ms, rel=2e-3)
     assert "| mhc4 |" in (tmp_path / "bench_connections.md").read_text()
+
+
+@pytest.mark.slow
+def test_fit_mode_times_real_lit_hc_fit_runs(tmp_path):
+    """--fit: real `lit-hc fit` runs of the (quick) LM main grid, the fused variant through the CLI flag."""
+    bench(["--fit", "--quick", "--variants", "dhc4-fused", "--repeats", "1", "--fit-steps", "3", "--out", str(tmp_path)])
+    rows = _rows(tmp_path / "bench_fit.csv")
+    assert [(r["round"], r["variant"]) for r in rows] == [("0", "residual"), ("0", "dhc4-fused")]
+    assert float(rows[0]["step_ratio"]) == 1.0 and all(float(r["step_ms"]) > 0 for r in rows)
+    assert "| dhc4-fused |" in (tmp_path / "bench_fit.md").read_text()
+
+
+def test_fit_mode_refuses_variants_the_grid_does_not_run(capsys):
+    with pytest.raises(SystemExit):
+        bench(["--fit", "--variants", "dhc4-recompute"])
+    assert "--fit --variants dhc4-recompute" in capsys.readouterr().err
