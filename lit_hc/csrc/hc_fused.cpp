@@ -234,9 +234,10 @@ inline void tanh_all<float>(float* p, int64_t m) {
 }
 #endif
 
-// The per-token work. A token's n x d block and its normalised copy stay in L1 through every step; each step is a
-// vectorised sweep over the d channels of one row (tried: one sweep doing every row's work per block of channels,
-// with per-lane accumulators; it vectorised worse and was 1.4-2.6x slower here).
+// The per-token work. A token's n x d block and its normalised copy stay in L1 through every step; each step sweeps
+// the d channels of a few rows at once with explicit vector accumulators (dots, stats, combine). An earlier try that
+// left the per-lane accumulators to `#pragma omp simd` vectorised worse than one row per sweep; with the vector
+// types it is the faster form (measured: results/bench-fused/bench_connections.md against the commit before).
 template <typename T>
 struct Token {
   int64_t n, d;
