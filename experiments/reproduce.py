@@ -74,6 +74,15 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "every thread (before, on one): the same arithmetic per block (tests/test_cpu_kernels.py, bit for bit), and "
         "the same two runs, remade again, are identical to the last bit (results/lm/drift.md)",
     ),
+    "7ad7f64bcf88": (
+        "3490d68d7ffc",
+        "hc_fused.cpp's loops rewritten with vector accumulators, the opt-in fused path only (off in every run here; "
+        "with it off the kernel is not even built: _fused_kernel). The depth study's DHC x4 L = 4 seed 0 at lr 6e-3, "
+        "made by both versions on the same machine the same day, has the same events to the last bit (validation and "
+        "training curves, residual gains); both differ from the committed run of 3490d68d7ffc by float rounding, as "
+        "a residual run of unchanged code does: this machine's float results vary between sessions "
+        "(results/lm/machine-check/)",
+    ),
 }
 
 
