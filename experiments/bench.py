@@ -403,7 +403,8 @@ def fit_runs(variants: list[str], rounds: int, steps: int, quick: bool, work: Pa
             args += ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
                      "--trainer.limit_val_batches", "1", "--model.init_args.hc.fused", str(v.endswith("-fused")).lower()]
             started = time.time()
-            subprocess.run([sys.executable, "-m", "lit_hc", *args], check=True, stdout=subprocess.DEVNULL)
+            if subprocess.run([sys.executable, "-m", "lit_hc", *args], stdout=subprocess.DEVNULL).returncode:
+                sys.exit(f"bench: error: `lit-hc fit` of {v} failed (its message is above); nothing was written")
             m = read_run_metrics(work / "lm" / "runs" / f"{v}-round{r}", "lm")
             rows.append({"round": r, "variant": v, "step_ms": m["step_time_s"] * 1e3, "wall_s": time.time() - started,
                          "steps": steps, "train_tokens_per_step": m["units_per_step"]})
