@@ -84,7 +84,7 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
     study = main_study("lm")
     assert study.choice_seeds == (0, 1, 2) and study.confirm_seeds == (3, 4, 5)
     grid = [r for r in study.runs if r.knob("steps") is None and r.knob("L") == 16 and r.knob("lr") == 6e-3
-            and r.variant in MAIN_SEEDS]
+            and r.variant in MAIN_SEEDS and r.seed not in study.added_seeds]  # those: the test below
     seeds = {v: sorted(r.seed for r in grid if r.variant == v) for v in MAIN_SEEDS}
     assert seeds["residual"] == seeds["dhc4"] == [0, 1, 2, 3, 4, 5]  # >= 5 seeds, paired
     assert all(seeds[v] == [0, 1, 2, 3, 4, 5] for v in MAIN_SEEDS)  # the secondary claims get confirmation seeds too
@@ -102,7 +102,7 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
     # the confound controls at the grid's LR (6e-3), which the controls study ran at 3e-3
     mhc_lr = {r.name for r in study.runs if r.variant == "mhc4" and r.knob("lr") != 6e-3}
     assert mhc_lr == {f"mhc4-L16-d64-lr{lr}-s{s}" for s in (0, 1) for lr in ("0.003", "0.012")}
-    confounds = {r.name for r in study.runs} - {r.name for r in grid + longer} - mhc_lr
+    confounds = {r.name for r in study.runs if r.seed not in study.added_seeds} - {r.name for r in grid + longer} - mhc_lr
     assert confounds == {f"{v}-d64-lr0.006-s{s}" for s in (0, 1, 2)
                          for v in ("residual-L17", "residual-init-0.5-L16", "dhc4-init-none-L16")}
     assert [c[:2] for c in study.comparisons[1:5]] == [("residual-init-0.5", "residual"), ("dhc4-init-none", "dhc4"),
@@ -175,7 +175,23 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     assert {f"residual-{k}-s{s}" for k in ("L25-d64-lr0.001-steps600-train500", "L24-d64-lr0.001-steps1200-train500")
             for s in (0, 1, 2)} <= names
     assert main.comparisons[-1][:2] == ("mhc4", "dhc4-lr0.002")  # mHC x4 and DHC x4, each at its best LR
-    assert not main_study("lm").added_seeds and not main_study("vit", quick=True).added_seeds
+    assert not main_study("lm", quick=True).added_seeds and not main_study("vit", quick=True).added_seeds
+
+
+def test_lm_main_grid_adds_seeds_6_to_11_for_the_secondary_claims_only():
+    """The secondary variants' added seeds: a set of their own after the whole first plan, seed by seed, every
+    variant there paired with a baseline run of its seed, and nothing of it in the choice or confirmation sets."""
+    main = main_study("lm")
+    assert main.choice_seeds == (0, 1, 2) and main.confirm_seeds == (3, 4, 5)
+    assert main.added_seeds == (6, 7, 8, 9, 10, 11)
+    order = [r.name for r in main.runs]
+    added = [r.name for r in main.runs if r.seed >= 6]
+    assert added == [f"{v}-L16-d64-lr0.006-s{s}" for s in range(6, 12)
+                     for v in ("residual", "dhc4", "dhc2", "dhc4-notanh", "shc2", "shc4")]
+    assert order[-len(added):] == added  # last: an interrupted grid holds the first plan whole
+    assert {r.seed for r in main.runs if r.variant in ("dhc1", "dhc8", "mhc4")} <= set(range(6))
+    # SEEDS=N >= 12 makes them ordinary seeds of every variant instead
+    assert not main_study("lm", seeds=12).added_seeds
 
 
 def test_runner_runs_only_the_variants_asked_for(tmp_path, capsys):
