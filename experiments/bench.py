@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_hc import GPT, GPTConfig, HCConfig, ViT, ViTConfig
-from lit_hc.analysis import saved_activation_bytes
+from lit_hc.analysis import saved_activation_bytes, training_flops
 from lit_hc.io import write_atomic
 
 VARIANTS = {name: HCConfig.from_name(name) for name in ("residual", "shc4", "dhc2", "dhc4", "dhc8", "dhc4-notanh", "mhc4")}
@@ -241,6 +241,18 @@ def floor_bytes(arch: GPTConfig, batch: int, n: int) -> int:
     return 2 * arch.n_layer * sublayer_bytes(batch * arch.block_size, arch.n_embd, n)
 
 
+def compute_floor(arch: GPTConfig, variant: str) -> float:
+    """The step-time ratio a variant's extra arithmetic alone would cost if it ran at the FLOP rate the baseline's
+    step reaches: its training FLOPs over the baseline's (lit_hc.analysis.training_flops; the same tokens, so the
+    ratio needs no timing). Not a hard bound like the bytes', but a fair one: the baseline's FLOPs are large GEMMs
+    and attention, the fastest arithmetic on the machine, and HC's are small per-token products. It matters at
+    small width: mHC's coefficient projection, vec(H) (n d) onto n^2 + 2n coefficients per sub-layer (mHC,
+    arXiv 2512.24880, its parameterisation of H_pre, H_post, H_res), is 19% of a d = 64 block's forward arithmetic
+    at context 128 and 1.5% of a d = 1024 one's at 256. The peer package's HC x4 does DHC x4's arithmetic."""
+    hc = VARIANTS["dhc4" if variant == "peer-hc4" else variant]
+    return training_flops(dataclasses.replace(arch, hc=hc), 1) / training_flops(dataclasses.replace(arch, hc=HCConfig()), 1)
+
+
 def sweep(widths: dict, variants: list[str], modes: list[bool], repeats: int, steps: int, warmup: int,
           device) -> list[dict]:
     """Every variant at every width, eager and compiled, with the floor: the step-time ratio the extra stream
@@ -257,13 +269,16 @@ def sweep(widths: dict, variants: list[str], modes: list[bool], repeats: int, st
             for v, r in timed.items():
                 n = 1 if v == "residual" else 4  # every sweep variant but the baseline has 4 streams
                 floor = 1 + (floor_bytes(arch, batch, n) - floor_bytes(arch, batch, 1)) / bandwidth / base_s
+                flops = compute_floor(arch, v)
                 rows.append({"width": width, "d": arch.n_embd, "layers": arch.n_layer, "batch": batch,
                              "tokens": arch.block_size, "mode": r["mode"], "variant": v, "step_ms": r["step_ms"],
                              "step_ratio": r["step_ratio"], "floor_ratio": floor, "floor_overhead": floor - 1,
                              "overhead_over_floor": (r["step_ratio"] - 1) / (floor - 1) if n > 1 else None,
+                             "compute_floor_ratio": flops,
+                             "overhead_over_compute_floor": (r["step_ratio"] - 1) / (flops - 1) if n > 1 else None,
                              "memory_ratio": r["memory_ratio"], "bandwidth_gb_s": bandwidth / 1e9})
-                print(f"  {width:8s} {v:12s} {r['step_ms']:8.1f} ms  {r['step_ratio']:.2f}x  floor {floor:.3f}x",
-                      flush=True)
+                print(f"  {width:8s} {v:12s} {r['step_ms']:8.1f} ms  {r['step_ratio']:.2f}x  floor {floor:.3f}x "
+                      f"(bytes), {flops:.3f}x (FLOPs)", flush=True)
     return rows
 
 
@@ -442,7 +457,11 @@ def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: floa
              "cost at the memory bandwidth measured in the same run (a copy of a tensor the size of H), i.e. "
              "1 + (bytes(n) - bytes(1)) / bandwidth / the baseline's step time, with bytes(n) = 2 layers x tokens "
              "x 5 n d x 4 (forward: read H, write H'; backward: read dH' and H, write dH) and bytes(1) = ... x 4 d "
-             "(`floor_bytes`). Last: measured overhead / floor overhead (1 = at the floor).\n"]
+             "(`floor_bytes`). Last: measured overhead / floor overhead (1 = at the floor). Then the compute "
+             "floor: the ratio HC's extra arithmetic alone would cost at the FLOP rate the baseline's step reaches "
+             "(training FLOPs of the variant / the baseline's, `compute_floor`), and the measured overhead over "
+             "it. At d = 64 the compute floor is the larger of the two: HC's per-token products are a sizeable "
+             "share of a narrow model's arithmetic, mHC's coefficient projection above all.\n"]
     for mode in dict.fromkeys(r["mode"] for r in rows):
         sel = [r for r in rows if r["mode"] == mode]
         spec = {r["width"]: r for r in sel}
@@ -454,13 +473,31 @@ def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: floa
             for w in widths:
                 r = next((r for r in sel if r["width"] == w and r["variant"] == v), None)
                 cells.append("—" if r is None else f"{r['step_ratio']:.2f}x ({r['floor_ratio']:.3f}x)" + (
-                    f", {r['overhead_over_floor']:.0f}x the floor's overhead" if r["overhead_over_floor"] else ""))
+                    f", {r['overhead_over_floor']:.0f}x the floor's overhead; compute floor "
+                    f"{r['compute_floor_ratio']:.3f}x, {r['overhead_over_compute_floor']:.1f}x its overhead"
+                    if r["overhead_over_floor"] else ""))
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("\nBandwidth (copy of H): " + ", ".join(
             f"{w} {spec[w]['bandwidth_gb_s']:.1f} GB/s" for w in widths) + "; baseline step: " + ", ".join(
             f"{w} {next(r['step_ms'] for r in sel if r['width'] == w and r['variant'] == 'residual'):.0f} ms"
             for w in widths) + ".\n")
+        lines += mhc_over_dhc(sel, widths)
     write_atomic(out / "bench_widths.md", "\n".join(lines) + "\n")
+
+
+def mhc_over_dhc(rows: list[dict], widths: list[str]) -> list[str]:
+    """mHC x4's step time over DHC x4's at each width of one mode, plain and fused where both ran, beside the same
+    ratio of their compute floors: how close to DHC x4 mHC x4 can come at all."""
+    out = []
+    for tail in ("", "-fused"):
+        pick = {(r["width"], r["variant"]): r for r in rows}
+        cells = [(w, pick[(w, "mhc4" + tail)], pick[(w, "dhc4" + tail)]) for w in widths
+                 if (w, "mhc4" + tail) in pick and (w, "dhc4" + tail) in pick]
+        if cells:
+            out.append(f"mhc4{tail} / dhc4{tail}: " + ", ".join(
+                f"{w} {m['step_ms'] / d['step_ms']:.2f}x (compute floors {m['compute_floor_ratio'] / d['compute_floor_ratio']:.3f}x)"
+                for w, m, d in cells) + ".\n")
+    return out
 
 
 def profile(task: str, spec: dict, variants: list[str], device, out: Path, command: str) -> None:

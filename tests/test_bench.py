@@ -63,6 +63,26 @@ def test_floor_bytes_counts_the_stream_passes():
     assert floor_bytes(arch, 2, 1) == 4 * 32 * 64 * 4 == 32_768
 
 
+def test_compute_floor_is_the_extra_arithmetic_over_the_baselines():
+    from experiments.bench import WIDTHS, compute_floor
+    from lit_hc import GPTConfig
+
+    arch = GPTConfig(vocab_size=256, block_size=16, n_layer=2, n_head=2, n_embd=16)
+    assert compute_floor(arch, "residual") == 1.0
+    # forward FLOPs per token of one module at d = 16, by hand (multiply-add = 2). DHC x4: the mix's n + 1 rows
+    # 2*4*5*16 = 640, the depth connection 2*4*16 - 16 = 112, the LayerNorm 5*4*16 = 320, the projection onto
+    # n + 2 coefficients 2*4*16*6 = 768, tanh and scales 3*4*6 = 72: 1,912. mHC x4: RMS 3*64 = 192, phi 2*64*24 =
+    # 3,072, 20 Sinkhorn iterations 20*4*16 = 1,280, H_pre H 128, H_res H 2*16*16 = 512, the depth add 128 - 16:
+    # 5,296. The same baseline under both, so their overheads stand in that ratio.
+    dhc, mhc = compute_floor(arch, "dhc4") - 1, compute_floor(arch, "mhc4") - 1
+    assert mhc / dhc == pytest.approx(5296 / 1912, rel=1e-12)
+    assert compute_floor(arch, "peer-hc4") == compute_floor(arch, "dhc4-fused") == 1 + dhc  # the same arithmetic
+    # the share shrinks with width: at d = 64 x 16 layers mHC x4's floor exceeds DHC x4's by more than 10%
+    narrow, wide = WIDTHS["d64-L16"]["arch"], WIDTHS["d1024"]["arch"]
+    assert compute_floor(narrow, "mhc4") / compute_floor(narrow, "dhc4") > 1.10
+    assert compute_floor(wide, "mhc4") < compute_floor(narrow, "dhc4")
+
+
 def test_width_sweep_smoke(tmp_path):
     bench(["--sweep", "--quick", "--mode", "eager", "--variants", "dhc4", "mhc4", "--repeats", "1", "--steps", "1",
            "--warmup", "1", "--out", str(tmp_path)])
@@ -73,7 +93,10 @@ def test_width_sweep_smoke(tmp_path):
         if r["variant"] != "residual":  # the overhead over the floor's, as the table states it
             expected = (float(r["step_ratio"]) - 1) / float(r["floor_overhead"])
             assert float(r["overhead_over_floor"]) == pytest.approx(expected, rel=2e-2)
-    assert "| dhc4 |" in (tmp_path / "bench_widths.md").read_text()
+            compute = (float(r["step_ratio"]) - 1) / (float(r["compute_floor_ratio"]) - 1)
+            assert float(r["overhead_over_compute_floor"]) == pytest.approx(compute, rel=2e-2)
+    md = (tmp_path / "bench_widths.md").read_text()
+    assert "| dhc4 |" in md and "compute floor" in md and "mhc4 / dhc4: d16-L2 " in md
 
 
 def test_width_sweep_takes_a_subset_of_widths(tmp_path, capsys):
