@@ -172,8 +172,7 @@ def summary_rows(task: str, runs: dict[str, list[dict]], study: Study | None = N
     base_curve = _mean_curve(base) if base else None
     base_units = units_to_reach(base_curve, base_loss) if base else None
     base_params = base[0].get("params") if base else None
-    base_times = [r["step_time_s"] for r in base or [] if r.get("step_time_s")]
-    base_time = statistics.mean(base_times) if base_times else None
+    base_times = {r["seed"]: r["step_time_s"] for r in base or [] if r.get("step_time_s")}
     base_act = base[0].get("saved_activation_bytes") if base else None
     rows = []
     for variant, rs in runs.items():
@@ -192,8 +191,10 @@ def summary_rows(task: str, runs: dict[str, list[dict]], study: Study | None = N
         reach = units_to_reach(_mean_curve(rs), base_loss) if base else None
         row[f"{UNIT[task]}_to_baseline_loss"] = reach
         row["speedup_to_baseline_loss"] = base_units / reach if reach and base_units else None
-        times = [r["step_time_s"] for r in rs if r.get("step_time_s")]
-        row["step_time_ratio"] = statistics.mean(times) / base_time if times and base_time else None
+        # paired by seed, as the losses: a variant's seeds can be fewer than the baseline's, and seeds run on
+        # another day run at another speed (this machine's varies ~2x between days)
+        ratios = [r["step_time_s"] / base_times[r["seed"]] for r in rs if r.get("step_time_s") and r["seed"] in base_times]
+        row["step_time_ratio"] = statistics.mean(ratios) if ratios else None
         row["saved_activations_ratio"] = (rs[0]["saved_activation_bytes"] / base_act
                                           if base_act and rs[0].get("saved_activation_bytes") else None)
         if study is not None and variant != "residual":

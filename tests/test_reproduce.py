@@ -571,6 +571,22 @@ def test_tables_report_each_seed_set_apart():
     assert "| confirmation seeds | added seeds | val ppl |" in table and "| +0.050, 0/1 | -0.075 [-1.663, +1.513], 1/2 |" in table
 
 
+def test_step_time_ratio_pairs_each_run_with_its_seeds_baseline():
+    """Seeds run on a slower day, which only the baseline has, do not move a variant's time ratio: each run is
+    divided by the baseline run of its own seed."""
+    from experiments.summarize import summary_rows
+
+    def done(variant, seed, step):
+        return {"run": {"variant": variant, "knobs": []}, "seed": seed, "final": {"val_loss": 2.0, "val_ppl": 1.0},
+                "params": 100, "val_curve": [[1, 16, 2.0]], "step_time_s": step}
+
+    runs = {"residual": [done("residual", 0, 0.1), done("residual", 1, 0.2), done("residual", 2, 0.4)],
+            "dhc4": [done("dhc4", 0, 0.2), done("dhc4", 1, 0.3)]}
+    base, dhc4 = summary_rows("lm", runs)
+    assert base["step_time_ratio"] == 1.0
+    assert dhc4["step_time_ratio"] == pytest.approx((2.0 + 1.5) / 2)  # unpaired it would read 0.25 / 0.233 = 1.07
+
+
 def test_depth_table_describes_the_regime_its_knobs_set():
     """A study whose base knobs lengthen the budget and grow the dataset says so in its table's setup line."""
     from experiments.grids import VIT_BUDGET, Budget, Study
