@@ -148,14 +148,16 @@ def paired_columns(rs: list[dict], base: list[dict] | None, seeds: tuple[int, ..
 
 
 # The seed sets a study's tables report apart, by the part name their columns carry (Study's docstring says why).
-SEED_SET_NAMES = {"choice": "choice seeds", "confirm": "confirmation seeds", "added": "added seeds"}
+SEED_SET_NAMES = {"choice": "choice seeds", "confirm": "confirmation seeds", "added": "added seeds",
+                  "added2": "second added seeds"}
 
 
 def seed_sets(study: Study) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """(part, seeds) of the seed sets a study's tables report apart: choice, confirmation and, where the study has
-    them, the seeds added after the confirmation was read."""
+    them, the seeds added after the confirmation was read, and those added after them."""
     parts = (("choice", study.choice_seeds), ("confirm", study.confirm_seeds))
-    return parts + ((("added", study.added_seeds),) if study.added_seeds else ())
+    later = (("added", study.added_seeds), ("added2", study.added2_seeds))
+    return parts + tuple((part, seeds) for part, seeds in later if seeds)
 
 
 def seed_set_columns(rs: list[dict], base: list[dict] | None, study: Study,
@@ -229,8 +231,9 @@ def paired_cell(row: dict, part: str, digits: int = 3) -> str:
     return f"{row[f'{part}_delta']:+.{digits}f}{ci}, {row[f'{part}_wins']}/{row[f'{part}_n']}"
 
 
-def markdown(task: str, rows: list[dict], command: str, added: bool = False) -> str:
-    """The grid's table; `added`: a column for the seeds added after the confirmation (Study.added_seeds)."""
+def markdown(task: str, rows: list[dict], command: str, added: int = 0) -> str:
+    """The grid's table; `added`: how many sets of seeds added after the confirmation get a column of their own
+    (Study.added_seeds, then Study.added2_seeds)."""
     unit = UNIT[task]
     parts = list(SEED_SET_NAMES)[: 2 + added]
     sets = " | ".join(SEED_SET_NAMES[p] for p in parts)
@@ -272,7 +275,9 @@ def markdown(task: str, rows: list[dict], command: str, added: bool = False) -> 
         "data order and non-HC init) of the final validation loss" + (" (and of top-1, beside it)" if task == "vit"
         else "") + ", its mean, 95% t-interval and the seeds where the variant is better; "
         "choice seeds chose the settings, confirmation seeds never did" + ("; added seeds never did either, but were "
-        "added after the confirmation had been read, so they are a set of their own. " if added else ". ") +
+        "added after the confirmation had been read, so they are a set of their own" if added else "") +
+        ("; second added seeds were added after the added seeds had been read, their number fixed before any ran"
+         if added > 1 else "") + ". " +
         "Step time and saved activations are ratios to the residual baseline measured in the same grid; "
         "'speed-up' = the baseline's " + unit + " to reach its own final validation loss / this variant's "
         "(interpolated between evaluations; — if never reached). The paper's column is its number at full scale "
@@ -399,7 +404,7 @@ def comparisons_markdown(study: Study, runs: dict[str, list[dict]]) -> str:
 def summarize_grid(results: Path, study: Study, runs: dict[str, list[dict]], command: str) -> list[dict]:
     task, out = study.task, results / study.task / study.name
     rows = summary_rows(task, runs, study)
-    md = markdown(task, rows, command, bool(study.added_seeds))
+    md = markdown(task, rows, command, bool(study.added_seeds) + bool(study.added2_seeds))
     md = md.replace(f"# {TASK_NAME[task]} grid summary", f"# {TASK_NAME[task]} {study.name}: {study.about}")
     extra = comparisons_markdown(study, runs)
     if gains := product_gains_markdown(runs):

@@ -148,7 +148,7 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     names = {r.name for r in main.runs}  # the grid at the baseline's best LR, DHC x4 at its own too, every seed
     assert {f"{v}-L24-d64-lr0.001-steps600-train500-s{s}" for v in ("residual", "dhc4") for s in range(6)} <= names
     own = "dhc4-L24-d64-lr0.002-steps600-train500"
-    assert {n for n in names if n.startswith("dhc4-L24-d64-lr0.002")} == {f"{own}-s{s}" for s in range(9)}
+    assert {n for n in names if n.startswith("dhc4-L24-d64-lr0.002")} == {f"{own}-s{s}" for s in range(19)}
     assert main.comparisons[1][:2] == ("dhc4-lr0.002", "residual")
     longer = {r.knob("steps") for r in main.runs} - {VIT_REGIME["steps"]}
     assert longer == {1200}  # the cost control: 2 x 600 steps, a whole number of 100-step validation intervals
@@ -156,14 +156,20 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     assert "(600 steps)" in main.comparisons[0][2]
     # seeds 6-8 of the headline pair, added after the confirmation: a set of their own, run after the first plan
     assert main.choice_seeds == (0, 1, 2) and main.confirm_seeds == (3, 4, 5) and main.added_seeds == (6, 7, 8)
-    added = [r.name for r in main.runs if r.seed >= 6]
+    added = [r.name for r in main.runs if r.seed in (6, 7, 8)]
     assert added == [f"{v}-L24-d64-lr{lr}-steps600-train500-s{s}" for s in (6, 7, 8)
                      for v, lr in (("residual", "0.001"), ("dhc4", "0.001"), ("dhc4", "0.002"))]
     order = [r.name for r in main.runs]
     assert max(i for i, n in enumerate(order) if n.startswith("mhc4-")) < order.index(added[0])  # after the plan
     # then the output-init control at DHC x4's own LR, on the choice seeds
-    assert order[-6:] == [f"{v}-L24-d64-lr0.002-steps600-train500-s{s}" for v in ("dhc4-init-none", "residual-init-0.5")
-                          for s in (0, 1, 2)]
+    added2 = [r.name for r in main.runs if r.seed in main.added2_seeds]
+    assert order[-6 - len(added2):-len(added2)] == [f"{v}-L24-d64-lr0.002-steps600-train500-s{s}"
+                                                    for v in ("dhc4-init-none", "residual-init-0.5") for s in (0, 1, 2)]
+    # last, the second added set: ten seeds of the pair at each arm's best LR only, seed by seed
+    assert main.added2_seeds == tuple(range(9, 19)) and order[-len(added2):] == added2
+    assert added2 == [f"{v}-L24-d64-lr{lr}-steps600-train500-s{s}" for s in range(9, 19)
+                      for v, lr in (("residual", "0.001"), ("dhc4", "0.002"))]
+    assert main.seeds == tuple(range(19)) and not set(main.added2_seeds) & set(main.added_seeds + main.confirm_seeds)
     assert [c[:2] for c in main.comparisons[1:8]] == [("dhc4-lr0.002", "residual"),
                                                       ("dhc4-init-none-lr0.002", "dhc4-lr0.002"),
                                                       ("dhc4-init-none-lr0.002", "residual"),
@@ -176,6 +182,7 @@ def test_vit_studies_share_one_regime_named_in_every_run():
             for s in (0, 1, 2)} <= names
     assert main.comparisons[-1][:2] == ("mhc4", "dhc4-lr0.002")  # mHC x4 and DHC x4, each at its best LR
     assert not main_study("lm", quick=True).added_seeds and not main_study("vit", quick=True).added_seeds
+    assert not main_study("vit", quick=True).added2_seeds and not main_study("lm").added2_seeds
 
 
 def test_lm_main_grid_adds_seeds_6_to_11_for_the_secondary_claims_only():
@@ -569,6 +576,32 @@ def test_tables_report_each_seed_set_apart():
     assert (dhc4["confirm_n"], dhc4["added_n"], dhc4["added_wins"]) == (1, 2, 1)
     table = markdown("lm", [dhc4], "cmd", added=True)
     assert "| confirmation seeds | added seeds | val ppl |" in table and "| +0.050, 0/1 | -0.075 [-1.663, +1.513], 1/2 |" in table
+
+
+def test_a_second_added_set_is_reported_apart_from_the_first():
+    """Seeds added after the added seeds were read get a column of their own: pooling them with the first added
+    set (or the confirmation) would hide when they were added."""
+    from experiments.grids import Study
+    from experiments.summarize import comparisons_markdown, markdown, summary_rows
+
+    def done(variant, seed, loss):
+        return {"run": {"variant": variant, "knobs": []}, "seed": seed, "final": {"val_loss": loss, "val_ppl": 1.0},
+                "params": 100, "val_curve": [[1, 16, loss]]}
+
+    diffs = {0: -0.1, 1: +0.1, 2: -0.3, 3: -0.2, 4: -0.4}  # choice 0 | confirmation 1 | added 2 | second added 3, 4
+    runs = {"residual": [done("residual", s, 2.0) for s in diffs],
+            "dhc4": [done("dhc4", s, 2.0 + d) for s, d in diffs.items()]}
+    study = Study("main", "lm", None, (), (0,), confirm_seeds=(1,), added_seeds=(2,), added2_seeds=(3, 4),
+                  comparisons=(("dhc4", "residual", "q"),))
+    row = [line for line in comparisons_markdown(study, runs).splitlines() if line.startswith("| q |")][0]
+    # second added: mean -0.3, std 0.141421, half 12.706205 * 0.141421 / sqrt(2) = 1.270620
+    assert row.endswith("| -0.300, 1/1 | -0.300 [-1.571, +0.971], 2/2 | dhc4 | residual |")
+    (_, dhc4) = summary_rows("lm", runs, study)
+    assert (dhc4["added_n"], dhc4["added2_n"], dhc4["added2_wins"]) == (1, 2, 2)
+    table = markdown("lm", [dhc4], "cmd", added=2)
+    assert "| added seeds | second added seeds | val ppl |" in table and "their number fixed before any ran" in table
+    assert "| -0.300, 1/1 | -0.300 [-1.571, +0.971], 2/2 |" in table
+    assert len(table.splitlines()[-2].split("|")) == len(table.splitlines()[-1].split("|"))  # header = row width
 
 
 def test_step_time_ratio_pairs_each_run_with_its_seeds_baseline():
