@@ -129,6 +129,31 @@ def units_to_reach(curve: list[tuple[float, float]], target: float) -> float | N
     return None
 
 
+def seed_speedups(rs: list[dict], base: list[dict]) -> dict:
+    """Token (image) efficiency one seed at a time: for each seed both have, the units the baseline's run needs to
+    reach its own final validation loss over the units this variant's run of the same seed needs to reach it
+    (interpolated between evaluations, as units_to_reach), summarised as a geometric mean with a 95% t-interval on
+    the paired log ratio (ratios multiply, so their logs are what averages). Seeds where the variant never reaches
+    the baseline's loss have no ratio; they are counted, not dropped silently ('speedup_reached' of 'speedup_seeds')."""
+    by_seed = {r["seed"]: r for r in base}
+    curve = lambda r: [(p[1], p[2]) for p in r["val_curve"]]  # noqa: E731
+    mine, theirs, seeds = {}, {}, 0
+    for r in rs:
+        b = by_seed.get(r["seed"])
+        if b is None:
+            continue
+        seeds += 1
+        target = b["final"]["val_loss"]
+        ours, ref = units_to_reach(curve(r), target), units_to_reach(curve(b), target)
+        if ours and ref:
+            mine[r["seed"]], theirs[r["seed"]] = math.log(ours), math.log(ref)
+    d = paired(mine, theirs)
+    if d is None:
+        return {"speedup_seeds": seeds, "speedup_reached": 0} if seeds else {}
+    return {"speedup_seeds": seeds, "speedup_reached": d.n, "speedup_geomean": math.exp(-d.mean),
+            "speedup_lo": math.exp(-d.ci[1]) if d.ci else None, "speedup_hi": math.exp(-d.ci[0]) if d.ci else None}
+
+
 def _finals(rs: list[dict], metric: str = "val_loss") -> dict[int, float]:
     """{seed: final metric}: the validation loss (the paired metric of both tasks: on 3,000 images it is far less
     noisy than top-1, which moves in steps of 1/3,000 per image), or top-1 % ("top1", ViT)."""
@@ -193,6 +218,8 @@ def summary_rows(task: str, runs: dict[str, list[dict]], study: Study | None = N
         reach = units_to_reach(_mean_curve(rs), base_loss) if base else None
         row[f"{UNIT[task]}_to_baseline_loss"] = reach
         row["speedup_to_baseline_loss"] = base_units / reach if reach and base_units else None
+        if base and variant != "residual":
+            row |= seed_speedups(rs, base)
         # paired by seed, as the losses: a variant's seeds can be fewer than the baseline's, and seeds run on
         # another day run at another speed (this machine's varies ~2x between days)
         ratios = [r["step_time_s"] / base_times[r["seed"]] for r in rs if r.get("step_time_s") and r["seed"] in base_times]
@@ -231,6 +258,17 @@ def paired_cell(row: dict, part: str, digits: int = 3) -> str:
     return f"{row[f'{part}_delta']:+.{digits}f}{ci}, {row[f'{part}_wins']}/{row[f'{part}_n']}"
 
 
+def speedup_cell(row: dict) -> str:
+    """'1.37 [1.31, 1.44], 12/12': seed_speedups' geometric mean, its interval and the seeds reaching the baseline's
+    loss of the seeds paired."""
+    if not row.get("speedup_seeds"):
+        return "—"
+    if "speedup_geomean" not in row:
+        return f"—, 0/{row['speedup_seeds']}"
+    ci = f" [{row['speedup_lo']:.2f}, {row['speedup_hi']:.2f}]" if row.get("speedup_lo") is not None else ""
+    return f"{row['speedup_geomean']:.2f}{ci}, {row['speedup_reached']}/{row['speedup_seeds']}"
+
+
 def markdown(task: str, rows: list[dict], command: str, added: int = 0) -> str:
     """The grid's table; `added`: how many sets of seeds added after the confirmation get a column of their own
     (Study.added_seeds, then Study.added2_seeds)."""
@@ -244,26 +282,27 @@ def markdown(task: str, rows: list[dict], command: str, added: int = 0) -> str:
     if task == "lm":
         head = (f"| variant | seeds | params | Δ params | val loss (nats/byte) | paired Δ [95% CI], wins: {sets} | "
                 "val ppl | tokens to "
-                "residual's final loss | speed-up | step time × | saved activations × | paper: OLMo-1B loss | paper Δ |")
-        lines = [head, "|" + "---|" * (14 + added)]
+                "residual's final loss | speed-up | speed-up per seed [95% CI], seeds reaching | step time × | "
+                "saved activations × | paper: OLMo-1B loss | paper Δ |")
+        lines = [head, "|" + "---|" * (15 + added)]
         for r in rows:
             lines.append(f"| {r['variant']} | {r['seeds']} | {_fmt(r['params'])} | {_fmt(r['params_delta'], sign=True)} | "
                          f"{_pm(r['val_loss'], r['val_loss_std'])} | {cells(r)} | "
                          f"{_fmt(r['val_ppl'])} | {_fmt(r[f'{unit}_to_baseline_loss'], 0)} | "
-                         f"{_fmt(r['speedup_to_baseline_loss'], 2)} | {_fmt(r['step_time_ratio'], 2)} | "
+                         f"{_fmt(r['speedup_to_baseline_loss'], 2)} | {speedup_cell(r)} | {_fmt(r['step_time_ratio'], 2)} | "
                          f"{_fmt(r['saved_activations_ratio'], 2)} | {_fmt(r['paper'])} | {_fmt(r['paper_delta'], sign=True)} |")
     else:
         head = (f"| variant | seeds | params | Δ params | val loss | paired Δ val loss [95% CI], wins: {sets} | "
                 f"top-1 % | paired Δ top-1: {sets} | top-5 % | "
-                "images to residual's final loss | speed-up | step time × | saved activations × | paper: ViT-B top-1 | "
-                "paper Δ |")
-        lines = [head, "|" + "---|" * (17 + 2 * added)]
+                "images to residual's final loss | speed-up | speed-up per seed [95% CI], seeds reaching | step time × | "
+                "saved activations × | paper: ViT-B top-1 | paper Δ |")
+        lines = [head, "|" + "---|" * (18 + 2 * added)]
         for r in rows:
             lines.append(f"| {r['variant']} | {r['seeds']} | {_fmt(r['params'])} | {_fmt(r['params_delta'], sign=True)} | "
                          f"{_pm(r['val_loss'], r['val_loss_std'])} | {cells(r)} | "
                          f"{_pm(r['top1'], r['top1_std'], 1)} | {cells(r, '_top1', 1)} | {_fmt(r['top5'], 1)} | "
                          f"{_fmt(r[f'{unit}_to_baseline_loss'], 0)} | {_fmt(r['speedup_to_baseline_loss'], 2)} | "
-                         f"{_fmt(r['step_time_ratio'], 2)} | {_fmt(r['saved_activations_ratio'], 2)} | "
+                         f"{speedup_cell(r)} | {_fmt(r['step_time_ratio'], 2)} | {_fmt(r['saved_activations_ratio'], 2)} | "
                          f"{_fmt(r['paper'], 2)} | {_fmt(r['paper_delta'], 2, sign=True)} |")
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
                f"torch {torch.__version__}")
@@ -280,7 +319,9 @@ def markdown(task: str, rows: list[dict], command: str, added: int = 0) -> str:
          if added > 1 else "") + ". " +
         "Step time and saved activations are ratios to the residual baseline measured in the same grid; "
         "'speed-up' = the baseline's " + unit + " to reach its own final validation loss / this variant's "
-        "(interpolated between evaluations; — if never reached). The paper's column is its number at full scale "
+        "(interpolated between evaluations; — if never reached), from the seeds' mean curves; 'speed-up per seed' the "
+        "same ratio seed by seed against that seed's baseline run, its geometric mean, a 95% t-interval on the log "
+        "ratio, and how many of the paired seeds reach the baseline's loss at all. The paper's column is its number at full scale "
         "(the HC paper's OLMo-1B and ViT-Base results), for comparison, not a target at this scale.", "", *lines, ""])
 
 

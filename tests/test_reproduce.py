@@ -686,3 +686,26 @@ def test_product_gains_table_reads_the_last_sub_layer_of_every_seed():
     # median [min, max] over seeds of the last sub-layer's gains; the baseline has no stream product
     assert rows[1:] == ["| dhc4 | 3 | 2 | 5 [3, 9] | 4 [2, 8] |", "| mhc4 | 1 | 2 | 1 [1, 1] | 1 [1, 1] |"]
     assert product_gains_markdown({"residual": [done(1.0, 1.0)]}) == ""
+
+
+def test_token_speedup_is_paired_seed_by_seed_with_an_interval_on_the_log_ratio():
+    """Each seed's variant run against the same seed's baseline run: the baseline's units to its own final loss over
+    the variant's units to that loss; a seed whose variant never gets there is counted, not averaged in."""
+    from experiments.summarize import seed_speedups, speedup_cell
+
+    def done(seed, curve):  # val_curve rows: step, units, loss
+        return {"seed": seed, "final": {"val_loss": curve[-1][1]}, "val_curve": [[u, u, loss] for u, loss in curve]}
+
+    base = [done(0, [(100, 3.0), (200, 2.0)]), done(1, [(100, 3.0), (200, 2.2)]), done(2, [(100, 3.0), (200, 2.0)])]
+    hc = [done(0, [(100, 2.5), (200, 1.5)]),  # reaches 2.0 halfway: 150 units, 200 / 150 = 4/3
+          done(1, [(100, 2.2), (200, 2.0)]),  # at the first evaluation: 200 / 100 = 2
+          done(2, [(100, 2.6), (200, 2.1)]),  # never reaches 2.0
+          done(3, [(100, 1.0), (200, 0.5)])]  # no baseline run of seed 3: not paired
+    r = seed_speedups(hc, base)
+    # geometric mean sqrt(4/3 * 2) = 1.632993; log ratios 0.287682, 0.693147: std 0.286707, half-width
+    # 12.706 * 0.286707 / sqrt(2) = 2.575925 around their mean 0.490415
+    assert (r["speedup_seeds"], r["speedup_reached"]) == (3, 2)
+    assert r["speedup_geomean"] == pytest.approx(1.632993, rel=1e-6)
+    assert (r["speedup_lo"], r["speedup_hi"]) == (pytest.approx(0.124244, rel=1e-4), pytest.approx(21.4631, rel=1e-4))
+    assert speedup_cell(r) == "1.63 [0.12, 21.46], 2/3"
+    assert speedup_cell(seed_speedups(hc[2:3], base)) == "—, 0/1" and seed_speedups(hc[3:], base) == {}
