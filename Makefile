@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 # data: pyarrow, datasets and zstandard for `lit-hc prepare` (parquet, save_to_disk folders, .jsonl.zst)
 EXTRAS ?= --extra dev --extra hf --extra bench --extra data
 
-.PHONY: help install test test-slow test-all reproduce bench bench-widths bench-fit tensorboard clean-venv
+.PHONY: help install test test-slow test-gpu test-all reproduce bench bench-widths bench-fit tensorboard clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: install ## Run the test suite without the slow end-to-end checks (CPU; CI 
 
 test-slow: install ## Run only the slow end-to-end checks (every grid through the runner, chaos, compile, DDP)
 	$(PY) -m pytest -q -m slow
+
+test-gpu: install ## Run the GPU checks on a CUDA device (skipped without one; LIT_HC_TEST_DEVICE=cpu dry-runs them on the CPU)
+	$(PY) -m pytest -q -m gpu -rs
 
 test-all: install ## Run every test
 	$(PY) -m pytest -q
