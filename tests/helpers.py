@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -152,3 +153,14 @@ def run_dir(parent: Path, variant: str, seed: int = 0) -> Path:
     found = sorted(p for p in parent.glob(f"{variant}-s{seed}-*") if p.is_dir())
     assert len(found) == 1, f"expected one run folder {variant}-s{seed}-* in {parent}, found {found}"
     return found[0]
+
+
+def assert_compiles_like_eager(module: torch.nn.Module, H: torch.Tensor) -> None:
+    """torch.compile(fullgraph=True) of module (a graph break is an error) gives eager's output and gradients."""
+    compiled = torch.compile(module, fullgraph=True, backend="inductor")
+    out, ref = compiled(H), module(H)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(out)
+    params = [H, *module.parameters()]
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from helpers import CONFIGS, lm_args, run_dir, scalars, write_toy_corpus
+from helpers import CONFIGS, assert_compiles_like_eager, lm_args, run_dir, scalars, write_toy_corpus
 from lit_hc import GPT, GPTConfig, HCConfig
 from lit_hc.hyper_connections import sinkhorn_knopp
 
@@ -127,13 +127,7 @@ def test_a_block_compiles_whole_on_the_device(name):
             p.add_(0.05 * torch.randn_like(p))
     n = block.hc_attn.expansion_rate
     H = torch.randn(2, 16, n, 64, device=DEVICE, requires_grad=True)
-    compiled = torch.compile(block, fullgraph=True, backend="inductor")
-    out, ref = compiled(H), block(H)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
-    g = torch.randn_like(out)
-    params = [H, *block.parameters()]
-    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+    assert_compiles_like_eager(block, H)
 
 
 def test_fit_on_the_gpu_trainer_config(tmp_path, monkeypatch):
