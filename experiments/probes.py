@@ -3,9 +3,10 @@
 Representation collapse (the HC paper's motivation, Zhu et al. 2025 §1, after Liu et al. 2020): in a deep Pre-Norm
 network the features entering deeper layers become nearly the same, so added layers contribute less; hyper-
 connections are argued to avoid that. The probe: for every pair of adjacent sub-layers, the cosine similarity of
-what they receive, token by token, on a fixed batch of validation inputs. "What a sub-layer receives" is the input of
-its pre-norm: the residual stream h for the baseline, the width connection's branch input x = A_m^T H for HC and
-mHC (each model's own view of "the layer input"; the paper's figure of this measure, as we read it, is of OLMo-1B).
+their inputs, token by token, on a fixed batch of validation inputs, in two readings of "a sub-layer's input" that
+coincide for the baseline (its residual stream h) and differ for HC and mHC: the branch input, what the sub-layer
+itself receives (x = A_m^T H, its pre-norm's input), and the hidden state, the sum of the n streams (what the
+output head reads after the last layer). The paper's figure of this measure, as we read it, is of OLMo-1B.
 
     python -m experiments.probes similarity --task vit   # every run of the ViT main grid with a checkpoint here
 
@@ -35,19 +36,27 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 PROBE_INPUTS = 256  # validation inputs (images or windows) per probe, the first of the fixed validation order
 
 
-@torch.no_grad()
-def sublayer_input_similarity(net: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of the inputs of adjacent sub-layers, per token: (sub-layers - 1, tokens of the batch).
+READINGS = ("branch_input", "stream_sum")  # the two readings of a sub-layer's input (module docstring)
 
-    A sub-layer's input is what its pre-norm receives (norm1 before attention, norm2 before the MLP, in every Block
-    of `net`), taken by forward pre-hooks, so every residual variant is measured at the same place.
+
+@torch.no_grad()
+def sublayer_input_similarity(net: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Cosine similarity of the inputs of adjacent sub-layers, per token: {reading: (sub-layers - 1, tokens)}.
+
+    'branch_input': what each sub-layer's pre-norm receives (norm1 before attention, norm2 before the MLP, in every
+    Block of `net`); 'stream_sum': the sum over the n streams of the state H entering each sub-layer's connection.
+    Both taken by forward pre-hooks, so every residual variant is measured at the same places.
     """
+    from lit_hc.analysis import stream_connections
     from lit_hc.layers import Block
 
-    captured: list[torch.Tensor] = []
-    hook = lambda module, args: captured.append(args[0].detach().flatten(0, -2).double())  # noqa: E731
+    captured: dict[str, list[torch.Tensor]] = {r: [] for r in READINGS}
+    keep = lambda reading, x: captured[reading].append(x.detach().flatten(0, -2).double())  # noqa: E731
     blocks = [m for m in net.modules() if isinstance(m, Block)]
-    handles = [norm.register_forward_pre_hook(hook) for b in blocks for norm in (b.norm1, b.norm2)]
+    handles = [norm.register_forward_pre_hook(lambda m, args: keep("branch_input", args[0]))
+               for b in blocks for norm in (b.norm1, b.norm2)]
+    handles += [c.register_forward_pre_hook(lambda m, args: keep("stream_sum", args[0].sum(-2)))
+                for c in stream_connections(net)]
     was_training = net.training
     try:
         net.eval()
@@ -56,9 +65,11 @@ def sublayer_input_similarity(net: nn.Module, inputs: torch.Tensor) -> torch.Ten
         net.train(was_training)
         for h in handles:
             h.remove()
-    if len(captured) != 2 * len(blocks):
-        raise RuntimeError(f"expected {2 * len(blocks)} sub-layer inputs, got {len(captured)}")
-    return torch.stack([nn.functional.cosine_similarity(a, b, dim=-1) for a, b in zip(captured, captured[1:])])
+    for reading, found in captured.items():
+        if len(found) != 2 * len(blocks):
+            raise RuntimeError(f"expected {2 * len(blocks)} sub-layer inputs ({reading}), got {len(found)}")
+    return {reading: torch.stack([nn.functional.cosine_similarity(a, b, dim=-1) for a, b in zip(found, found[1:])])
+            for reading, found in captured.items()}
 
 
 def probe_run(run_dir: Path) -> dict:
@@ -77,10 +88,11 @@ def probe_run(run_dir: Path) -> dict:
         count += len(batch[0])
         if count >= PROBE_INPUTS:
             break
-    sims = sublayer_input_similarity(module.net, torch.cat(batches)[:PROBE_INPUTS])
-    q = torch.quantile(sims.float(), torch.tensor([0.05, 0.5, 0.95]), dim=1)
-    return {"probe": "sublayer_input_similarity", "inputs": PROBE_INPUTS, "median": q[1].tolist(),
-            "p05": q[0].tolist(), "p95": q[2].tolist(), "checkpoint": "last.ckpt"}
+    record = {"probe": "sublayer_input_similarity", "inputs": PROBE_INPUTS, "checkpoint": "last.ckpt"}
+    for reading, sims in sublayer_input_similarity(module.net, torch.cat(batches)[:PROBE_INPUTS]).items():
+        q = torch.quantile(sims.float(), torch.tensor([0.05, 0.5, 0.95]), dim=1)
+        record[reading] = {"median": q[1].tolist(), "p05": q[0].tolist(), "p95": q[2].tolist()}
+    return record
 
 
 def _data_module(section: dict):
@@ -91,9 +103,9 @@ def _data_module(section: dict):
     return classes[section["class_path"]](**section["init_args"])
 
 
-def collapse(record: dict, deep_from: float = 0.5) -> float:
-    """One number per run: the mean over the deeper half of the network's adjacent pairs of the median similarity."""
-    medians = record["median"]
+def collapse(medians: list[float], deep_from: float = 0.5) -> float:
+    """One number per run and reading: the mean over the deeper half of the adjacent pairs of their median similarity
+    (with an odd number of pairs the middle one counts)."""
     return statistics.fmean(medians[int(len(medians) * deep_from):])
 
 
@@ -113,10 +125,9 @@ def similarity_table(task: str, results: Path = RESULTS) -> tuple[str, str, Figu
             records[name][r.seed] = json.loads(path.read_text())
     if not all(records.values()):
         return None
-    base, hc = records["residual"], records[own]
-    d = paired({s: collapse(v) for s, v in hc.items()}, {s: collapse(v) for s, v in base.items()})
-    rows = [{"arm": a, "seed": s, "deep_half_median_similarity": collapse(v), "median_per_pair": v["median"]}
-            for a, by_seed in records.items() for s, v in sorted(by_seed.items())]
+    rows = [{"arm": a, "seed": s, "reading": reading, "deeper_half": collapse(v[reading]["median"]),
+             "median_per_pair": v[reading]["median"]}
+            for a, by_seed in records.items() for s, v in sorted(by_seed.items()) for reading in READINGS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -126,28 +137,35 @@ def similarity_table(task: str, results: Path = RESULTS) -> tuple[str, str, Figu
              "(made from its last checkpoint on the machine that trained it). Per run: the median over tokens of "
              "the cosine similarity between the inputs of adjacent sub-layers, on the first "
              f"{PROBE_INPUTS} validation inputs; 'deeper half' = the mean of those medians over the deeper half of "
-             "the pairs. Paired by seed: the arms share the data order and non-HC init.", "",
-             "| arm | seeds | deeper half, mean ± std | per seed |", "|---|---|---|---|"]
-    for arm, by_seed in records.items():
-        values = [collapse(v) for _, v in sorted(by_seed.items())]
-        std = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-        lines.append(f"| {arm} | {', '.join(map(str, sorted(by_seed)))} | {statistics.fmean(values):.4f}{std} | "
-                     + ", ".join(f"{v:.4f}" for v in values) + " |")
-    if d is not None:
-        ci = f" [{d.ci[0]:+.4f}, {d.ci[1]:+.4f}]" if d.ci else ""
-        lines += ["", f"{own} − residual, paired: {d.mean:+.4f}{ci} (95% t-interval), lower on {d.wins} of {d.n} "
-                  "seeds (lower = less alike = less collapse)."]
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
-    for arm, by_seed in records.items():
-        curves = torch.tensor([v["median"] for v in by_seed.values()])
-        line, = ax.plot(range(1, curves.shape[1] + 1), curves.mean(0).tolist(), label=f"{arm} ({len(by_seed)} seeds)")
-        ax.fill_between(range(1, curves.shape[1] + 1), curves.min(0).values.tolist(), curves.max(0).values.tolist(),
-                        color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("pair of adjacent sub-layers (attention, MLP, attention, ...)")
-    ax.set_ylabel("median cosine similarity of their inputs")
-    ax.set_title(f"{task.upper()}: representation collapse (shaded: min-max over seeds)")
-    ax.legend(fontsize=8)
+             "the pairs. Two readings of a sub-layer's input, the same for the baseline: 'branch input' = what the "
+             "sub-layer receives (HC: A_m^T H), 'stream sum' = the sum of the n streams entering it. Paired by "
+             "seed: the arms share the data order and non-HC init. Lower = less alike = less collapse.", "",
+             "| reading | arm | seeds | deeper half, mean ± std | per seed | − residual, paired [95% CI], lower on |",
+             "|---|---|---|---|---|---|"]
+    for reading in READINGS:
+        per_arm = {a: {s: collapse(v[reading]["median"]) for s, v in by_seed.items()} for a, by_seed in records.items()}
+        for arm, values in per_arm.items():
+            ordered = [values[s] for s in sorted(values)]
+            std = f" ± {statistics.stdev(ordered):.4f}" if len(ordered) > 1 else ""
+            d = paired(values, per_arm["residual"]) if arm != "residual" else None
+            diff = "—" if d is None else (f"{d.mean:+.4f}" + (f" [{d.ci[0]:+.4f}, {d.ci[1]:+.4f}]" if d.ci else "")
+                                          + f", {d.wins}/{d.n}")
+            lines.append(f"| {reading.replace('_', ' ')} | {arm} | {', '.join(map(str, sorted(values)))} | "
+                         f"{statistics.fmean(ordered):.4f}{std} | " + ", ".join(f"{v:.4f}" for v in ordered) +
+                         f" | {diff} |")
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    for i, reading in enumerate(READINGS):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for arm, by_seed in records.items():
+            curves = torch.tensor([v[reading]["median"] for v in by_seed.values()])
+            x = range(1, curves.shape[1] + 1)
+            line, = ax.plot(x, curves.mean(0).tolist(), label=f"{arm} ({len(by_seed)} seeds)")
+            ax.fill_between(x, curves.min(0).values.tolist(), curves.max(0).values.tolist(), color=line.get_color(),
+                            alpha=0.15)
+        ax.set_xlabel("pair of adjacent sub-layers (attention, MLP, ...)")
+        ax.set_ylabel("median cosine similarity of their inputs")
+        ax.set_title(f"{task.upper()}, {reading.replace('_', ' ')} (shaded: min-max over seeds)", fontsize=10)
+        ax.legend(fontsize=8)
     return "\n".join(lines) + "\n", buffer.getvalue(), fig
 
 

@@ -29,10 +29,12 @@ def test_similarity_of_the_baseline_equals_the_pre_norm_recurrence_written_out()
             h = h + block.mlp(block.norm2(h))
     expected = torch.stack([torch.nn.functional.cosine_similarity(a, b, dim=-1).flatten()
                             for a, b in zip(inputs, inputs[1:])])
-    got = sublayer_input_similarity(model, idx)
+    readings = sublayer_input_similarity(model, idx)
+    got = readings["branch_input"]
     assert got.shape == (5, 32)  # 2 x 3 sub-layers give 5 adjacent pairs, over 2 x 16 tokens
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
     assert got.min() < 0.99  # not the trivial case below
+    torch.testing.assert_close(readings["stream_sum"], got, rtol=0, atol=1e-12)  # one stream: the readings coincide
     assert model.training  # the probe restores the mode it found
 
 
@@ -46,10 +48,22 @@ def test_sub_layers_that_add_nothing_give_identical_inputs_for_every_variant():
                 for proj in block.output_projections():
                     proj.weight.zero_()
                     proj.bias.zero_()
-        sims = sublayer_input_similarity(model, torch.randint(0, 64, (2, 16)))
-        torch.testing.assert_close(sims, torch.ones_like(sims), rtol=0, atol=1e-6, msg=name)
+        for reading, sims in sublayer_input_similarity(model, torch.randint(0, 64, (2, 16))).items():
+            torch.testing.assert_close(sims, torch.ones_like(sims), rtol=0, atol=1e-6, msg=f"{name} {reading}")
 
 
 def test_one_number_per_run_is_the_deeper_half_of_the_pairs():
-    assert collapse({"median": [0.1, 0.2, 0.3, 0.9, 0.8, 1.0]}) == (0.9 + 0.8 + 1.0) / 3
-    assert collapse({"median": [0.5, 0.6, 0.7, 0.8, 0.9]}) == pytest.approx(0.8)  # odd: the middle pair counts
+    assert collapse([0.1, 0.2, 0.3, 0.9, 0.8, 1.0]) == (0.9 + 0.8 + 1.0) / 3
+    assert collapse([0.5, 0.6, 0.7, 0.8, 0.9]) == pytest.approx(0.8)  # odd: the middle pair counts
+
+
+def test_the_two_readings_differ_for_hc_off_its_init():
+    """For DHC x4 off its init the branch input (A_m^T H) and the stream sum are different vectors, so the probe's
+    two readings differ; both stay cosine similarities."""
+    model = _gpt("dhc4")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    readings = sublayer_input_similarity(model, torch.randint(0, 64, (2, 16)))
+    assert (readings["branch_input"] - readings["stream_sum"]).abs().max() > 1e-3
+    assert all(r.abs().max() <= 1 + 1e-12 for r in readings.values())
