@@ -137,11 +137,12 @@ def similarity_table(task: str, results: Path = RESULTS) -> tuple[str, str, Figu
              "(made from its last checkpoint on the machine that trained it). Per run: the median over tokens of "
              "the cosine similarity between the inputs of adjacent sub-layers, on the first "
              f"{PROBE_INPUTS} validation inputs; 'deeper half' = the mean of those medians over the deeper half of "
-             "the pairs. Two readings of a sub-layer's input, the same for the baseline: 'branch input' = what the "
+             "the pairs (the statistic fixed before any HC run was probed; 'all pairs', the mean over every pair, "
+             "was added after the curves were seen: the arms differ in the early pairs). Two readings of a sub-layer's input, the same for the baseline: 'branch input' = what the "
              "sub-layer receives (HC: A_m^T H), 'stream sum' = the sum of the n streams entering it. Paired by "
              "seed: the arms share the data order and non-HC init. Lower = less alike = less collapse.", "",
-             "| reading | arm | seeds | deeper half, mean ± std | per seed | − residual, paired [95% CI], lower on |",
-             "|---|---|---|---|---|---|"]
+             "| reading | arm | seeds | deeper half, mean ± std | per seed | − residual, paired [95% CI], lower on | "
+             "all pairs, mean ± std |", "|---|---|---|---|---|---|---|"]
     for reading in READINGS:
         per_arm = {a: {s: collapse(v[reading]["median"]) for s, v in by_seed.items()} for a, by_seed in records.items()}
         for arm, values in per_arm.items():
@@ -150,9 +151,11 @@ def similarity_table(task: str, results: Path = RESULTS) -> tuple[str, str, Figu
             d = paired(values, per_arm["residual"]) if arm != "residual" else None
             diff = "—" if d is None else (f"{d.mean:+.4f}" + (f" [{d.ci[0]:+.4f}, {d.ci[1]:+.4f}]" if d.ci else "")
                                           + f", {d.wins}/{d.n}")
+            whole = [collapse(v[reading]["median"], deep_from=0) for v in records[arm].values()]
+            whole_std = f" ± {statistics.stdev(whole):.4f}" if len(whole) > 1 else ""
             lines.append(f"| {reading.replace('_', ' ')} | {arm} | {', '.join(map(str, sorted(values)))} | "
                          f"{statistics.fmean(ordered):.4f}{std} | " + ", ".join(f"{v:.4f}" for v in ordered) +
-                         f" | {diff} |")
+                         f" | {diff} | {statistics.fmean(whole):.4f}{whole_std} |")
     fig = Figure(figsize=(11, 4), layout="constrained")
     for i, reading in enumerate(READINGS):
         ax = fig.add_subplot(1, 2, i + 1)
