@@ -13,6 +13,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # end to end (~40 s here): make test-slow and CI
 def test_bench_smoke_eager(tmp_path):
     bench(["--quick", "--mode", "eager", "--repeats", "1", "--steps", "1", "--warmup", "1", "--out", str(tmp_path)])
     rows = _rows(tmp_path / "bench.csv")

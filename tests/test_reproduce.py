@@ -57,6 +57,7 @@ def test_quick_grid_writes_tables_and_plots_equal_to_the_events(tmp_path):
         assert float(rows["residual"]["step_time_ratio"]) == 1.0 and rows["residual"]["paper"]
 
 
+@pytest.mark.slow  # end to end (~40 s here): make test-slow and CI
 def test_interrupted_runner_reruns_only_unfinished(tmp_path, capsys):
     reproduce(["--quick", "--task", "lm", "--results", str(tmp_path), "--max-runs", "2"])
     done = sorted(tmp_path.glob("lm/runs/*/done.json"))
