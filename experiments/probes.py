@@ -30,6 +30,7 @@ from torch import nn
 
 from experiments.grids import main_study
 from experiments.stats import paired
+from experiments.summarize import _png, label
 from lit_hc.io import write_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -113,15 +114,13 @@ def similarity_table(task: str, results: Path = RESULTS) -> tuple[str, str, Figu
     """Markdown, CSV and a figure of the probe over the main grid's headline pair (the baseline at the grid's LR,
     DHC x4 at the LR of its comparison at each arm's best, ViT; at the grid's LR, LM), paired by seed."""
     study = main_study(task)
-    lr = dict(study.base_knobs)["lr"]
     own = next((c[0] for c in study.comparisons if c[0].startswith("dhc4-lr") and c[1] == "residual"), "dhc4")
     arms = {"residual": "residual", own: own}
     records: dict[str, dict[int, dict]] = {a: {} for a in arms}
     for r in study.runs:
-        name = r.variant if r.knob("lr") == lr else f"{r.variant}-lr{r.knob('lr'):g}"
-        other = [k for k, v in r.knobs if k != "lr" and study.base_knobs.get(k) != v]  # a control's depth, steps
+        name = label({"run": {"variant": r.variant, "knobs": r.knobs}}, study)  # the summaries' row names
         path = r.folder(results) / "probe.json"
-        if name in records and not other and path.is_file():
+        if name in records and path.is_file():
             records[name][r.seed] = json.loads(path.read_text())
     if not all(records.values()):
         return None
@@ -194,9 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     out = a.results / a.task / "main"
     write_atomic(out / "similarity.md", md)
     write_atomic(out / "similarity.csv", rows)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    write_atomic(out / "similarity.png", buffer.getvalue())
+    write_atomic(out / "similarity.png", _png(fig))
     print(f"probes: {made} probes made; {out / 'similarity.md'}")
 
 
