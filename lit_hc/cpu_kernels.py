@@ -12,8 +12,9 @@ memory and BLAS slow at a (5 x 4) by (4 x d) product; a C++ loop keeps a token's
   its order, so it gives the loop's results bit for bit (n <= 4, tested) and is always on. Under torch.compile the
   same kernel runs as a custom op inside the graph (`lit_hc::sinkhorn_iterate`, backward `lit_hc::sinkhorn_reverse`,
   in lit_hc/hyper_connections.py).
-- `hc_fused()` (lit_hc/csrc/hc_fused.cpp): DHC's whole width connection, the stream mix of SHC and mHC and the depth
-  connection's backward, one pass per token each. Its sums run in another order than BLAS's, so it agrees with the
+- `hc_fused()` (lit_hc/csrc/hc_fused.cpp): DHC's and mHC's whole width connections, SHC's stream mix and the depth
+  connection's backward, one pass per token each (mHC's sigmoids and Sinkhorn iterations for a block of 8 tokens
+  at once). Its sums run in another order than BLAS's, so it agrees with the
   PyTorch form to float rounding only and is opt-in (HCConfig.fused).
 """
 

@@ -65,12 +65,12 @@ class HCConfig:
     changes how, not what, is computed."""
 
     fused: bool = False
-    """CPU, eager, float32/64: DHC's whole width connection (norm, projection, tanh, mix), the stream mix of SHC and
-    mHC, and the depth connection's backward each in one C++ pass per token (lit_hc/csrc/hc_fused.cpp) instead of
-    PyTorch ops; where the kernel cannot be built or does not apply (a GPU, torch.compile, autocast, another norm),
-    the PyTorch form runs. The same function with its sums in another order: equal to float rounding (tested), not
-    bit for bit, so off by default, which keeps the committed results reproducible bit for bit. Like `recompute`, not
-    part of the variant's name."""
+    """CPU, eager, float32/64: DHC's whole width connection (norm, projection, tanh, mix), mHC's (RMS norm,
+    projection, sigmoids, Sinkhorn, mix), SHC's stream mix and the depth connection's backward each in one C++ pass
+    per token (lit_hc/csrc/hc_fused.cpp) instead of PyTorch ops; where the kernel cannot be built or does not apply
+    (a GPU, torch.compile, autocast, another norm), the PyTorch form runs. The same function with its sums in another
+    order: equal to float rounding (tested), not bit for bit, so off by default, which keeps the committed results
+    reproducible bit for bit. Like `recompute`, not part of the variant's name."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -395,6 +395,36 @@ class _FusedDynamicWidth(torch.autograd.Function):
             grad_bias = W @ grad_bW
         return (None, grad_H.view(ctx.shape), grad_weight, grad_bias, grad_W, grad_A, grad_B, grad_scales[:1],
                 grad_scales[1:], None, None)
+
+
+class _FusedManifoldWidth(torch.autograd.Function):
+    """mHC's whole width connection (ManifoldHyperConnection.coefficients, Sinkhorn and the mix) in one C++ call
+    forward and one backward (lit_hc/csrc/hc_fused.cpp, mhc_width_*): the projection one BLAS product per chunk of
+    64 tokens, the rest one pass per token (the sigmoids and Sinkhorn iterations for a block of 8 tokens at once);
+    backward recomputes them from H and runs the iterations' exact reverse (the unrolled gradient, as _Sinkhorn's).
+    Only H (and the parameters) are kept. Float32/64 on the CPU, no autocast
+    (ManifoldHyperConnection.width_connection checks)."""
+
+    @staticmethod
+    def forward(ctx, kernel, H, phi, a_pre, a_post, a_res, b_pre, b_post, b_res, iters: int):
+        n, d = H.shape[-2:]
+        H3 = H.reshape(-1, n, d).contiguous()
+        params = (phi.contiguous(), torch.cat([a_pre, a_post, a_res]), b_pre.contiguous(), b_post.contiguous(),
+                  b_res.contiguous())
+        x, R, post = kernel.mhc_width_forward(H3, *params, iters)
+        ctx.save_for_backward(H3, *params)
+        ctx.kernel, ctx.iters, ctx.shape = kernel, iters, H.shape
+        return x.view(*H.shape[:-2], d), R.view(H.shape), post.view(H.shape[:-1])
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_R, grad_post):
+        H3, *params = ctx.saved_tensors
+        n, d = H3.shape[-2:]
+        flat = lambda g, *shape: H3.new_empty(0) if g is None else g.reshape(*shape).contiguous()  # noqa: E731
+        grad_H, grad_phi, grad_scalars, grad_b_pre, grad_b_post, grad_b_res = ctx.kernel.mhc_width_backward(
+            H3, *params, ctx.iters, flat(grad_x, -1, d), flat(grad_R, -1, n, d), flat(grad_post, -1, n))
+        return (None, grad_H.view(ctx.shape), grad_phi, grad_scalars[0:1], grad_scalars[1:2], grad_scalars[2:3],
+                grad_b_pre, grad_b_post, grad_b_res, None)
 
 
 def _fused_kernel(module: "StreamConnection", *tensors: torch.Tensor):
@@ -890,6 +920,9 @@ class ManifoldHyperConnection(StreamConnection):
         return h_pre, h_post, sinkhorn_knopp(res_logits, self.sinkhorn_iters)
 
     def width_connection(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if (kernel := _fused_kernel(self, H, self.phi)) and H.dtype == self.phi.dtype:
+            return _FusedManifoldWidth.apply(kernel, H, self.phi, self.a_pre, self.a_post, self.a_res, self.b_pre,
+                                             self.b_post, self.b_res, self.sinkhorn_iters)
         h_pre, h_post, h_res = self.lean_coefficients(H)
         # One mixing matrix in HC's layout, alpha = [H_pre^T | H_res^T]: x = H_pre H, R = H_res H.
         alpha = torch.cat([h_pre.unsqueeze(-1), h_res.transpose(-1, -2)], -1)

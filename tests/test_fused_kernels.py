@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lit_hc import GPT, GPTConfig, HCConfig, cpu_kernels
-from lit_hc.hyper_connections import _fused_kernel, _FusedDynamicWidth
+from lit_hc.hyper_connections import _fused_kernel, _FusedDynamicWidth, _FusedManifoldWidth
 
 can_build = shutil.which("c++") is not None and shutil.which("ninja") is not None
 F64 = dict(rtol=1e-10, atol=1e-11)
@@ -41,10 +41,12 @@ def step(connection, H: torch.Tensor, g: torch.Tensor, scale: torch.Tensor):
 
 
 @pytest.mark.parametrize("d", [24, 13])
-@pytest.mark.parametrize("name", ["dhc4", "dhc4-notanh", "dhc1", "dhc2", "dhc3", "dhc8", "shc4", "mhc4"])
+@pytest.mark.parametrize("name", ["dhc4", "dhc4-notanh", "dhc1", "dhc2", "dhc3", "dhc8", "shc4", "mhc4", "mhc1",
+                                  "mhc3"])
 def test_fused_connection_is_the_pytorch_form_in_float64(kernel, name, d):
     """Forward, gradient of H and of every parameter, float64, random parameters; n = 3 is off the usual sizes.
-    SHC and mHC use the kernel's mix (static and per-token coefficients) and depth connection. d = 13: channels
+    SHC uses the kernel's mix (static coefficients), mHC its own width connection (a block of 8 tokens at once: 111
+    tokens leave 7 over) and both the depth connection. d = 13: channels
     left over after the kernel's 8- and 4-lane blocks (float64 is 4 lanes of AVX2); n = 1, 2, 3, 4, 8 leave
     0-3 rows after the kernel's 4-row groups of dot products and norm statistics."""
     n = HCConfig.from_name(name).expansion_rate
@@ -61,14 +63,15 @@ def test_fused_connection_is_the_pytorch_form_in_float64(kernel, name, d):
 
 
 @pytest.mark.parametrize("d", [64, 29])
-def test_fused_connection_in_float32_is_as_accurate_as_the_pytorch_form(kernel, d):
-    """Float32 (the fast tanh, within 4e-7 of tanh, 8 lanes at a time), large pre-activations so that tanh
-    saturates: against the float64 result, the fused path's error is within a small multiple of the PyTorch form's
-    own float32 error. d = 29: a 16-, an 8-lane block and 5 channels left over."""
-    plain = perturbed(HCConfig.from_name("dhc4").build(d, 5), scale=1.0)
-    fused = perturbed(HCConfig.from_name("dhc4").build(d, 5), scale=1.0)
+@pytest.mark.parametrize("name", ["dhc4", "mhc4"])
+def test_fused_connection_in_float32_is_as_accurate_as_the_pytorch_form(kernel, name, d):
+    """Float32 (DHC: the fast tanh, within 4e-7 of tanh, 8 lanes at a time), large pre-activations so that tanh
+    and the sigmoids saturate: against the float64 result, the fused path's error is within a small multiple of the
+    PyTorch form's own float32 error. d = 29: a 16-, an 8-lane block and 5 channels left over."""
+    plain = perturbed(HCConfig.from_name(name).build(d, 5), scale=1.0)
+    fused = perturbed(HCConfig.from_name(name).build(d, 5), scale=1.0)
     fused.fused = True
-    exact = perturbed(HCConfig.from_name("dhc4").build(d, 5).double(), scale=1.0)
+    exact = perturbed(HCConfig.from_name(name).build(d, 5).double(), scale=1.0)
     H, g, scale = 3 * torch.randn(8, 50, 4, d), torch.randn(8, 50, 4, d), torch.randn(d)
     (o1, gh1, gp1), (o2, gh2, gp2) = step(plain, H, g, scale), step(fused, H, g, scale)
     o0, gh0, gp0 = step(exact, H.double(), g.double(), scale.double())
@@ -86,6 +89,16 @@ def test_the_fused_width_function_passes_gradcheck(kernel):
     for use_tanh in (True, False):
         assert torch.autograd.gradcheck(
             lambda h, *ps: _FusedDynamicWidth.apply(kernel, h, *ps, use_tanh, 1e-5), (H, *params))
+
+
+def test_the_fused_mhc_width_function_passes_gradcheck(kernel):
+    """Every input: H, phi, the three scales and three biases; 11 tokens (a block of 8 and 3 over), n = 3, a few
+    Sinkhorn iterations (the reverse runs through each)."""
+    m = perturbed(HCConfig.from_name("mhc3").build(4, 1).double(), scale=0.5)
+    H = torch.randn(11, 3, 4, dtype=torch.float64, requires_grad=True)
+    params = [p.detach().clone().requires_grad_() for p in
+              (m.phi, m.a_pre, m.a_post, m.a_res, m.b_pre, m.b_post, m.b_res)]
+    assert torch.autograd.gradcheck(lambda h, *ps: _FusedManifoldWidth.apply(kernel, h, *ps, 3), (H, *params))
 
 
 @pytest.mark.parametrize("recompute", [False, True])
@@ -112,10 +125,11 @@ def test_a_fused_gpt_trains_like_the_plain_one(kernel, name, recompute):
         torch.testing.assert_close(g2[key], g1[key], **F64, msg=lambda m: f"{key}: {m}")
 
 
-def test_fused_results_do_not_depend_on_the_thread_count(kernel):
+@pytest.mark.parametrize("name", ["dhc4", "mhc4"])
+def test_fused_results_do_not_depend_on_the_thread_count(kernel, name):
     """The parameter gradients are summed per fixed chunk of tokens and the chunks in order: 1 and 2 threads give the
     same bits."""
-    m = perturbed(HCConfig.from_name("dhc4").build(32, 2))
+    m = perturbed(HCConfig.from_name(name).build(32, 2))
     m.fused = True
     H, g, scale = torch.randn(4, 300, 4, 32), torch.randn(4, 300, 4, 32), torch.randn(32)
     threads = torch.get_num_threads()
@@ -152,6 +166,8 @@ def test_kernel_rejects_bad_input_in_one_line(kernel):
         kernel.width_forward(z(4, 8), z(3, 8), z(3), z(1, 2), z(1), z(2), True, 1e-5)
     with pytest.raises(RuntimeError, match="at most 16 streams"):
         kernel.width_forward(z(2, 17, 8), z(19, 8), z(19), z(17, 18), z(17), z(2), True, 1e-5)
+    with pytest.raises(RuntimeError, match=r"phi must be \(n d, 2n \+ n\^2\)"):
+        kernel.mhc_width_forward(z(2, 4, 8), z(24, 32), z(3), z(4), z(4), z(4, 4), 20)
 
 
 def test_without_the_kernel_fused_runs_the_pytorch_form_bit_for_bit(monkeypatch):

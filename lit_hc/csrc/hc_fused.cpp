@@ -1,6 +1,6 @@
 // Hyper-connections' stream work on the CPU, one pass over the stream state per token (HCConfig.fused): dynamic HC's
-// whole width connection (Zhu et al. 2025, Eq. 10-13), the width connection's mix alone for coefficients computed
-// elsewhere (static HC, mHC), and the depth connection's backward.
+// whole width connection (Zhu et al. 2025, Eq. 10-13), mHC's (Manifold, below), the width connection's mix alone for
+// coefficients computed elsewhere (static HC), and the depth connection's backward.
 //
 // The PyTorch form (lit_hc/hyper_connections.py, _DynamicWidth, _StreamMix, _StreamAdd) reads H (tokens, n, d) four
 // times in DHC's forward (mean, mean square, projection, mix) and runs each step as a whole-tensor op; its small
@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -362,6 +363,97 @@ struct Token {
   }
 };
 
+// mHC's width connection (DeepSeek-AI 2025, arXiv:2512.24880; ManifoldHyperConnection in hyper_connections.py),
+// one pass per block of kLanes tokens:
+//   r = 1 / sqrt(mean(vec(H)^2) + eps),  u = vec(H) phi  (m = 2n + n^2 columns; RMSNorm's division applied to u)
+//   pre = sigmoid(a_pre r u[:n] + b_pre),  post = 2 sigmoid(a_post r u[n:2n] + b_post)
+//   res = Sinkhorn(exp(a_res r u[2n:] + b_res - max)),  x = sum_i pre[i] h_i,  R_j = sum_i res[j, i] h_i
+// The projection is a real matrix product (m x n d per token, 6k multiply-adds at n = 4, d = 64, four times DHC's),
+// so it runs as one BLAS product per chunk of kChunk tokens (forward, and in backward the recomputation, dL/dH and
+// dL/dphi), single-threaded inside the chunk loop so the sums do not depend on the thread count; a per-token loop
+// was 3x slower than BLAS at d = 1024 (phi, 400 KB there, re-read for every token). The sigmoids and the Sinkhorn
+// iterations run with the block's tokens as the lanes of a vector ((n, n, lanes) layout, as lit_hc/csrc/sinkhorn.cpp),
+// so each step of the iterations is a few vector operations for kLanes tokens. Backward recomputes the block's
+// coefficients and the iterations (keeping every step's result and divisors, ~20 KB at n = 4) and runs their exact
+// reverse; like DHC's, forward keeps only H. The parameter gradients are summed per chunk of kChunk tokens (a
+// multiple of kLanes).
+constexpr int64_t kLanes = 8;
+constexpr int64_t kMaxCoef = 2 * kMaxStreams + kMaxStreams * kMaxStreams;
+
+template <typename T>
+struct Manifold {
+  int64_t n, d, iters;
+  T a_pre, a_post, a_res, eps;
+  const T *b_pre, *b_post, *b_res;
+
+  int64_t m() const { return 2 * n + n * n; }
+
+  // r[l] for the block's B tokens from h0, and their projections U (B rows of m, vec(h_l) phi) with the tokens as
+  // lanes, u[k * kLanes + l]; lanes >= B get zeros.
+  void project(const T* h0, const T* U, int64_t B, T* u, T* r) const {
+    const int64_t nd = n * d, mm = m();
+    for (int64_t l = 0; l < kLanes; ++l) {
+      if (l >= B) {
+        r[l] = 0;
+        for (int64_t k = 0; k < mm; ++k) u[k * kLanes + l] = 0;
+        continue;
+      }
+      const T* v = h0 + l * nd;
+      T ss;
+      dots(v, &v, 1, nd, &ss);
+      r[l] = T(1) / std::sqrt(ss / nd + eps);
+      for (int64_t k = 0; k < mm; ++k) u[k * kLanes + l] = U[l * mm + k];
+    }
+  }
+
+  // pre (n, lanes), post (n, lanes) and the Sinkhorn input M0 (n * n, lanes) from u and r.
+  void activations(const T* u, const T* r, T* pre, T* post, T* M0) const {
+    const int64_t nn = n * n;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        pre[i * kLanes + l] = T(1) / (T(1) + std::exp(-(a_pre * (u[i * kLanes + l] * r[l]) + b_pre[i])));
+        post[i * kLanes + l] = T(2) / (T(1) + std::exp(-(a_post * (u[(n + i) * kLanes + l] * r[l]) + b_post[i])));
+      }
+    T top[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) top[l] = -std::numeric_limits<T>::infinity();
+    for (int64_t e = 0; e < nn; ++e)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const T z = a_res * (u[(2 * n + e) * kLanes + l] * r[l]) + b_res[e];
+        M0[e * kLanes + l] = z;
+        top[l] = std::max(top[l], z);
+      }
+    for (int64_t e = 0; e < nn; ++e)
+      for (int64_t l = 0; l < kLanes; ++l) M0[e * kLanes + l] = std::exp(M0[e * kLanes + l] - top[l]);
+  }
+
+  // One Sinkhorn step on M (n * n, lanes): divide by the sums over j (rows) or over i (columns); the reciprocals
+  // of the divisors to inv. One division per sum and a product per entry (n times fewer divisions, the costliest
+  // instruction here; the PyTorch loop divides each entry, so the two differ by rounding).
+  void normalise(T* M, T* inv, bool rows) const {
+    for (int64_t q = 0; q < n; ++q) {
+      T s[kLanes] = {};
+      for (int64_t p = 0; p < n; ++p) {
+        const T* x = M + (rows ? q * n + p : p * n + q) * kLanes;
+        for (int64_t l = 0; l < kLanes; ++l) s[l] += x[l];
+      }
+      for (int64_t l = 0; l < kLanes; ++l) s[l] = T(1) / s[l];
+      for (int64_t p = 0; p < n; ++p) {
+        T* x = M + (rows ? q * n + p : p * n + q) * kLanes;
+        for (int64_t l = 0; l < kLanes; ++l) x[l] *= s[l];
+      }
+      for (int64_t l = 0; l < kLanes; ++l) inv[q * kLanes + l] = s[l];
+    }
+  }
+
+  // Token l's mixing matrix in HC's layout: alpha[i, 0] = pre[i], alpha[i, j + 1] = res[j, i].
+  void alpha_of(const T* pre, const T* M, int64_t l, T* alpha) const {
+    for (int64_t i = 0; i < n; ++i) {
+      alpha[i * (n + 1)] = pre[i * kLanes + l];
+      for (int64_t j = 0; j < n; ++j) alpha[i * (n + 1) + 1 + j] = M[(j * n + i) * kLanes + l];
+    }
+  }
+};
+
 void check(const torch::Tensor& x, const char* name, int64_t dims) {
   TORCH_CHECK(x.device().is_cpu(), name, " must be on the CPU");
   TORCH_CHECK(x.dim() == dims, name, " must have ", dims, " dims");
@@ -553,10 +645,240 @@ std::vector<torch::Tensor> mix_backward(torch::Tensor H, torch::Tensor alpha, to
   return {gH, galpha};
 }
 
+namespace {
+
+template <typename T>
+Manifold<T> manifold(const torch::Tensor& H, const torch::Tensor& scalars, const torch::Tensor& b_pre,
+                     const torch::Tensor& b_post, const torch::Tensor& b_res, int64_t iters) {
+  const T* s = scalars.data_ptr<T>();
+  return Manifold<T>{H.size(1), H.size(2), iters, s[0], s[1], s[2],
+                     std::numeric_limits<T>::epsilon(), b_pre.data_ptr<T>(), b_post.data_ptr<T>(),
+                     b_res.data_ptr<T>()};
+}
+
+void check_manifold(const torch::Tensor& H, const torch::Tensor& phi, const torch::Tensor& scalars,
+                    const torch::Tensor& b_pre, const torch::Tensor& b_post, const torch::Tensor& b_res) {
+  check(H, "H", 3);
+  const int64_t n = H.size(1), d = H.size(2);
+  TORCH_CHECK(n <= kMaxStreams, "at most ", kMaxStreams, " streams");
+  check(phi, "phi", 2);
+  TORCH_CHECK(phi.size(0) == n * d && phi.size(1) == 2 * n + n * n && phi.scalar_type() == H.scalar_type(),
+              "phi must be (n d, 2n + n^2), of H's dtype");
+  for (const auto* t : {&scalars, &b_pre, &b_post, &b_res}) {
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == H.scalar_type(), "mHC's parameters must be contiguous and "
+                "of H's dtype");
+  }
+  TORCH_CHECK(scalars.numel() == 3 && b_pre.numel() == n && b_post.numel() == n && b_res.numel() == n * n,
+              "scalars (3) = [a_pre, a_post, a_res], b_pre (n), b_post (n), b_res (n, n)");
+}
+
+}  // namespace
+
+// mHC's width connection (Manifold): H (T, n, d), phi (n d, 2n + n^2), scalars (3) = [a_pre, a_post, a_res],
+// b_pre (n), b_post (n), b_res (n, n). Returns x (T, d), R (T, n, d) and post (T, n), the depth weights.
+std::vector<torch::Tensor> mhc_width_forward(torch::Tensor H, torch::Tensor phi, torch::Tensor scalars,
+                                             torch::Tensor b_pre, torch::Tensor b_post, torch::Tensor b_res,
+                                             int64_t iters) {
+  const at::NoGradGuard no_grad;
+  check_manifold(H, phi, scalars, b_pre, b_post, b_res);
+  const int64_t T = H.size(0), n = H.size(1), d = H.size(2), nd = n * d;
+  auto x = torch::empty({T, d}, H.options());
+  auto R = torch::empty({T, n, d}, H.options());
+  auto post = torch::empty({T, n}, H.options());
+  const auto H2 = H.view({T, nd});
+  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "hc_mhc_width_forward", [&] {
+    using T_ = scalar_t;
+    const auto mf = manifold<T_>(H, scalars, b_pre, b_post, b_res, iters);
+    const Token<T_> token{n, d};
+    const T_* h0 = H.data_ptr<T_>();
+    T_ *x0 = x.data_ptr<T_>(), *R0 = R.data_ptr<T_>(), *post0 = post.data_ptr<T_>();
+    const int64_t nn = n * n, mm = mf.m();
+    at::parallel_for(0, (T + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+      const at::NoGradGuard no_grad;  // grad mode is per thread: the products below are not autograd's to record
+      std::vector<T_> u(mm * kLanes), buf((2 * n + nn) * kLanes), div(n * kLanes);
+      T_ r[kLanes], alpha[kMaxStreams * (kMaxStreams + 1)];
+      T_ *pre = buf.data(), *pst = pre + n * kLanes, *M = pst + n * kLanes;
+      for (int64_t chunk = c0; chunk < c1; ++chunk) {
+        const int64_t s0 = chunk * kChunk, len = std::min(kChunk, T - s0);
+        const auto U = at::mm(H2.narrow(0, s0, len), phi);  // (len, m); one thread inside the chunk loop
+        for (int64_t t0 = s0; t0 < s0 + len; t0 += kLanes) {
+          const int64_t B = std::min(kLanes, s0 + len - t0);
+          mf.project(h0 + t0 * nd, U.data_ptr<T_>() + (t0 - s0) * mm, B, u.data(), r);
+          mf.activations(u.data(), r, pre, pst, M);
+          for (int64_t it = 0; it < iters; ++it) {
+            mf.normalise(M, div.data(), /*rows=*/true);
+            mf.normalise(M, div.data(), /*rows=*/false);
+          }
+          for (int64_t l = 0; l < B; ++l) {
+            const int64_t t = t0 + l;
+            mf.alpha_of(pre, M, l, alpha);
+            token.mix(h0 + t * nd, alpha, x0 + t * d, R0 + t * nd);
+            for (int64_t i = 0; i < n; ++i) post0[t * n + i] = pst[i * kLanes + l];
+          }
+        }
+      }
+    });
+  });
+  return {x, R, post};
+}
+
+// Its gradients from those of x (T, d), R (T, n, d) and post (T, n) (an empty one is zero): grad H (T, n, d),
+// grad phi (n d, 2n + n^2), grad scalars (3), grad b_pre (n), grad b_post (n), grad b_res (n, n).
+std::vector<torch::Tensor> mhc_width_backward(torch::Tensor H, torch::Tensor phi, torch::Tensor scalars,
+                                              torch::Tensor b_pre, torch::Tensor b_post, torch::Tensor b_res,
+                                              int64_t iters, torch::Tensor gx, torch::Tensor gR, torch::Tensor gpost) {
+  const at::NoGradGuard no_grad;
+  check_manifold(H, phi, scalars, b_pre, b_post, b_res);
+  const int64_t T = H.size(0), n = H.size(1), d = H.size(2), nd = n * d, nn = n * n, mm = 2 * n + nn;
+  const bool has_x = gx.numel() > 0, has_R = gR.numel() > 0, has_post = gpost.numel() > 0;
+  auto gH = torch::empty_like(H);
+  const int64_t chunks = (T + kChunk - 1) / kChunk, steps = 2 * iters;
+  // Per chunk: grad phi (n d * m), grad scalars (3), grad b_pre (n), grad b_post (n), grad b_res (n * n).
+  const int64_t acc = nd * mm + 3 + 2 * n + nn;
+  auto sums = torch::zeros({chunks, acc}, H.options());
+  const auto H2 = H.view({T, nd});
+  auto gH2 = gH.view({T, nd});
+  AT_DISPATCH_FLOATING_TYPES(H.scalar_type(), "hc_mhc_width_backward", [&] {
+    using T_ = scalar_t;
+    const auto mf = manifold<T_>(H, scalars, b_pre, b_post, b_res, iters);
+    const Token<T_> token{n, d};
+    const T_* h0 = H.data_ptr<T_>();
+    const T_* gx0 = has_x ? gx.data_ptr<T_>() : nullptr;
+    const T_* gR0 = has_R ? gR.data_ptr<T_>() : nullptr;
+    const T_* gp0 = has_post ? gpost.data_ptr<T_>() : nullptr;
+    T_ *gH0 = gH.data_ptr<T_>(), *sums0 = sums.data_ptr<T_>();
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      const at::NoGradGuard no_grad;  // grad mode is per thread: the products below are not autograd's to record
+      std::vector<T_> u(mm * kLanes), pre(n * kLanes), pst(n * kLanes), gpre(n * kLanes), gpst(n * kLanes),
+          Ms((steps + 1) * nn * kLanes), divs(std::max<int64_t>(steps, 1) * n * kLanes), gM(nn * kLanes),
+          zeros(d, T_(0));
+      T_ r[kLanes], alpha[kMaxStreams * (kMaxStreams + 1)], galpha[kMaxStreams * (kMaxStreams + 1)];
+      const T_* g[kMaxStreams + 1];
+      for (int64_t chunk = c0; chunk < c1; ++chunk) {
+        T_* s = sums0 + chunk * acc;
+        T_ *sS = s + nd * mm, *sbp = sS + 3, *sbq = sbp + n, *sbr = sbq + n;
+        const int64_t s0 = chunk * kChunk, len = std::min(kChunk, T - s0);
+        const auto Hc = H2.narrow(0, s0, len);
+        const auto U = at::mm(Hc, phi);  // the forward's projection again (the same product, the same bits)
+        auto gU = at::empty({len, mm}, H.options());  // dL/dU, U = Hc phi
+        T_* gU0 = gU.data_ptr<T_>();
+        for (int64_t t0 = s0; t0 < s0 + len; t0 += kLanes) {
+          const int64_t B = std::min(kLanes, s0 + len - t0);
+          // the forward again, every Sinkhorn step kept: Ms[k + 1] = step k's result
+          mf.project(h0 + t0 * nd, U.data_ptr<T_>() + (t0 - s0) * mm, B, u.data(), r);
+          mf.activations(u.data(), r, pre.data(), pst.data(), Ms.data());
+          for (int64_t k = 0; k < steps; ++k) {
+            std::copy(Ms.begin() + k * nn * kLanes, Ms.begin() + (k + 1) * nn * kLanes,
+                      Ms.begin() + (k + 1) * nn * kLanes);
+            mf.normalise(Ms.data() + (k + 1) * nn * kLanes, divs.data() + k * n * kLanes, /*rows=*/k % 2 == 0);
+          }
+          const T_* M = Ms.data() + steps * nn * kLanes;
+          // the mix's backward per token: grad H (its mix part) and dL/dalpha -> dL/dpre, dL/dres
+          std::fill(gpre.begin(), gpre.end(), T_(0));
+          std::fill(gpst.begin(), gpst.end(), T_(0));
+          std::fill(gM.begin(), gM.end(), T_(0));
+          for (int64_t l = 0; l < B; ++l) {
+            const int64_t t = t0 + l;
+            g[0] = has_x ? gx0 + t * d : zeros.data();
+            for (int64_t j = 1; j <= n; ++j) g[j] = has_R ? gR0 + (t * n + j - 1) * d : zeros.data();
+            mf.alpha_of(pre.data(), M, l, alpha);
+            token.mix_backward(h0 + t * nd, alpha, g, gH0 + t * nd, galpha);
+            for (int64_t i = 0; i < n; ++i) {
+              gpre[i * kLanes + l] = galpha[i * (n + 1)];
+              for (int64_t j = 0; j < n; ++j) gM[(j * n + i) * kLanes + l] = galpha[i * (n + 1) + 1 + j];
+              if (has_post) gpst[i * kLanes + l] = gp0[t * n + i];
+            }
+          }
+          // Sinkhorn's exact reverse, last step first: M = P / P.sum(dim) => dL/dP = (g - sum_dim(g M)) / P.sum(dim)
+          for (int64_t k = steps - 1; k >= 0; --k) {
+            const bool rows = k % 2 == 0;
+            const T_* Mk = Ms.data() + (k + 1) * nn * kLanes;
+            const T_* div = divs.data() + k * n * kLanes;  // 1 / P.sum(dim)
+            for (int64_t q = 0; q < n; ++q) {
+              T_ sg[kLanes] = {};
+              for (int64_t p = 0; p < n; ++p) {
+                const int64_t e = (rows ? q * n + p : p * n + q) * kLanes;
+                for (int64_t l = 0; l < kLanes; ++l) sg[l] += gM[e + l] * Mk[e + l];
+              }
+              for (int64_t p = 0; p < n; ++p) {
+                const int64_t e = (rows ? q * n + p : p * n + q) * kLanes;
+                for (int64_t l = 0; l < kLanes; ++l) gM[e + l] = (gM[e + l] - sg[l]) * div[q * kLanes + l];
+              }
+            }
+          }
+          // through exp (the max's shift has no gradient: the result does not change when M0 is scaled), the
+          // sigmoids and the scales: dL/d(r u) per coefficient (into gproj, lanes layout), and the scales' and
+          // biases' gradients
+          // (the block's sums in locals: through the pointers, which may alias, each += was a load and a store)
+          T_ gproj[kMaxCoef * kLanes], s_pre = 0, s_post = 0, s_res = 0;
+          const T_* M0 = Ms.data();
+          for (int64_t i = 0; i < n; ++i) {
+            T_ b_p = 0, b_q = 0;
+            for (int64_t l = 0; l < kLanes; ++l) {
+              const T_ p = pre[i * kLanes + l], q = pst[i * kLanes + l];
+              const T_ gzp = gpre[i * kLanes + l] * p * (T_(1) - p);
+              const T_ gzq = gpst[i * kLanes + l] * q * (T_(1) - q / 2);  // post = 2 sigmoid(z)
+              s_pre += gzp * (u[i * kLanes + l] * r[l]);
+              s_post += gzq * (u[(n + i) * kLanes + l] * r[l]);
+              b_p += gzp;
+              b_q += gzq;
+              gproj[i * kLanes + l] = mf.a_pre * gzp;
+              gproj[(n + i) * kLanes + l] = mf.a_post * gzq;
+            }
+            sbp[i] += b_p;
+            sbq[i] += b_q;
+          }
+          for (int64_t e = 0; e < nn; ++e) {
+            T_ b_r = 0;
+            for (int64_t l = 0; l < kLanes; ++l) {
+              const T_ gz = gM[e * kLanes + l] * M0[e * kLanes + l];
+              s_res += gz * (u[(2 * n + e) * kLanes + l] * r[l]);
+              b_r += gz;
+              gproj[(2 * n + e) * kLanes + l] = mf.a_res * gz;
+            }
+            sbr[e] += b_r;
+          }
+          sS[0] += s_pre;
+          sS[1] += s_post;
+          sS[2] += s_res;
+          // proj = r u: dL/du = r dL/dproj (into gU), dL/dr = <dL/dproj, u>; r = (|v|^2 / nd + eps)^(-1/2) gives
+          // dL/dv its own term, -dL/dr r^3 / nd v (dL/dv's phi term is gU phi^T, below)
+          for (int64_t l = 0; l < B; ++l) {
+            T_ gr = 0;
+            T_* gu = gU0 + (t0 - s0 + l) * mm;
+            for (int64_t k = 0; k < mm; ++k) {
+              gr += gproj[k * kLanes + l] * u[k * kLanes + l];
+              gu[k] = gproj[k * kLanes + l] * r[l];
+            }
+            const T_* v = h0 + (t0 + l) * nd;
+            T_* out = gH0 + (t0 + l) * nd;
+            const T_ c = -gr * r[l] * r[l] * r[l] / nd;
+            for (int64_t e = 0; e < nd; ++e) out[e] += c * v[e];  // (no pragma inside the dispatch macro)
+          }
+        }
+        // the projection's backward as two products for the chunk: dL/dH += dL/dU phi^T, dL/dphi = H^T dL/dU
+        auto gHc = gH2.narrow(0, s0, len);
+        gHc.addmm_(gU, phi.t());
+        auto sphi = sums.select(0, chunk).narrow(0, 0, nd * mm).view({nd, mm});
+        at::mm_out(sphi, Hc.t(), gU);
+      }
+    });
+  });
+  auto total = sums.sum(0);  // the chunks in order: the same sums on any number of threads
+  return {gH,
+          total.narrow(0, 0, nd * mm).view({nd, mm}),
+          total.narrow(0, nd * mm, 3),
+          total.narrow(0, nd * mm + 3, n),
+          total.narrow(0, nd * mm + 3 + n, n),
+          total.narrow(0, nd * mm + 3 + 2 * n, nn).view({n, n})};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mix_forward", &mix_forward, "the width connection's mix, forward (x, R)");
   m.def("mix_backward", &mix_backward, "the width connection's mix, backward (grad H, grad alpha per token)");
   m.def("width_forward", &width_forward, "DHC width connection, forward (x, R, beta)");
   m.def("width_backward", &width_backward, "DHC width connection, backward");
   m.def("depth_backward", &depth_backward, "depth connection, backward (grad y, grad beta)");
+  m.def("mhc_width_forward", &mhc_width_forward, "mHC width connection, forward (x, R, post)");
+  m.def("mhc_width_backward", &mhc_width_backward, "mHC width connection, backward");
 }
