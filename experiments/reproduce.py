@@ -83,6 +83,13 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "a residual run of unchanged code does: this machine's float results vary between sessions "
         "(results/lm/machine-check/)",
     ),
+    "f793a12d2926": (
+        "7ad7f64bcf88",
+        "mHC's width connection in one C++ call, the opt-in fused path only (off in every run here, so the kernel is "
+        "not even built: _fused_kernel returns None before anything else changes). The depth study's DHC x4 L = 4 "
+        "seed 0 at lr 6e-3, made by both versions on the same machine the same day, has the same events, connection "
+        "matrices and residual gains to the last bit (results/lm/machine-check/, 2026-12-05)",
+    ),
 }
 
 
