@@ -187,6 +187,10 @@ VIT_ADDED2_SEEDS = tuple(range(9, 19))
 # own. DHC x1 (x1 < x2 already 6/6), x8 and mHC x4 (each resolved: ~x4, and behind x4 on every seed) do not run.
 LM_ADDED_SEEDS = (6, 7, 8, 9, 10, 11)
 LM_ADDED_VARIANTS = ("residual", "dhc4", "dhc2", "dhc4-notanh", "shc2", "shc4")
+# The third reading of the HC paper's sqrt(n) output-init scaling (its Sec. 4 does not say the direction; `divide`,
+# HCConfig's default for HC, halves the std at n = 4, `none` leaves it): `multiply` doubles it. Added after every
+# other LM run had been read, on the choice seeds, last: the LM's init controls had divide and none only.
+LM_INIT_MULTIPLY_SEEDS = (0, 1, 2)
 
 QUICK_OVERRIDES = {
     "lm": ("--model.init_args.arch.n_head", "2", "--data.init_args.block_size", "32",
@@ -445,6 +449,12 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
     added2 = tuple(s for s in VIT_ADDED2_SEEDS if own_lr and s >= max(counts.values()))
     for s in added2:
         runs += [run(task, "residual", s, **knobs), run(task, "dhc4", s, **(knobs | {"lr": own_lr}))]
+    if task == "lm" and not quick:  # the LM's last control, added after everything above was read
+        runs += [run(task, "dhc4-init-multiply", s, **knobs) for s in LM_INIT_MULTIPLY_SEEDS]
+        controls += (("dhc4-init-multiply", "dhc4", "output init: DHC x4 with the std multiplied by sqrt(n) (2x), "
+                      "not divided"),
+                     ("dhc4-init-multiply", "residual", "output init: DHC x4 with the multiplied init against the "
+                      "baseline"))
     comparisons = (("dhc4", f"residual-steps{longer}", f"equal wall-clock: DHC x4 ({steps} steps) against the "
                     f"baseline given {ratio:g}x the steps"), *own, *controls, *secondary)
     return Study("main", task, budget, tuple(runs), choice_seeds=choice, confirm_seeds=confirm,

@@ -104,12 +104,14 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
     mhc_lr = {r.name for r in study.runs if r.variant == "mhc4" and r.knob("lr") != 6e-3}
     assert mhc_lr == {f"mhc4-L16-d64-lr{lr}-s{s}" for s in (0, 1) for lr in ("0.003", "0.012")}
     confounds = {r.name for r in study.runs if r.seed not in study.added_seeds} - {r.name for r in grid + longer} - mhc_lr
-    assert confounds == {f"{v}-d64-lr0.006-s{s}" for s in (0, 1, 2)
-                         for v in ("residual-L17", "residual-init-0.5-L16", "dhc4-init-none-L16")}
-    assert [c[:2] for c in study.comparisons[1:5]] == [("residual-init-0.5", "residual"), ("dhc4-init-none", "dhc4"),
-                                                       ("residual-L17", "residual"), ("dhc4", "residual-L17")]
+    assert confounds == {f"{v}-d64-lr0.006-s{s}" for s in (0, 1, 2) for v in (
+        "residual-L17", "residual-init-0.5-L16", "dhc4-init-none-L16", "dhc4-init-multiply-L16")}
+    assert [c[:2] for c in study.comparisons[1:7]] == [("residual-init-0.5", "residual"), ("dhc4-init-none", "dhc4"),
+                                                       ("residual-L17", "residual"), ("dhc4", "residual-L17"),
+                                                       ("dhc4-init-multiply", "dhc4"),
+                                                       ("dhc4-init-multiply", "residual")]
     # the paper's secondary claims, variant against variant on the seeds both have
-    assert [c[:2] for c in study.comparisons[5:]] == [("dhc2", "dhc1"), ("dhc4", "dhc2"), ("dhc8", "dhc4"),
+    assert [c[:2] for c in study.comparisons[7:]] == [("dhc2", "dhc1"), ("dhc4", "dhc2"), ("dhc8", "dhc4"),
                                                       ("dhc4-notanh", "dhc4"), ("shc2", "dhc2"), ("shc4", "dhc4"),
                                                       ("mhc4", "dhc4"), ("mhc4-lr0.003", "mhc4"),
                                                       ("mhc4-lr0.003", "dhc4"), ("mhc4-lr0.012", "mhc4"),
@@ -196,7 +198,11 @@ def test_lm_main_grid_adds_seeds_6_to_11_for_the_secondary_claims_only():
     added = [r.name for r in main.runs if r.seed >= 6]
     assert added == [f"{v}-L16-d64-lr0.006-s{s}" for s in range(6, 12)
                      for v in ("residual", "dhc4", "dhc2", "dhc4-notanh", "shc2", "shc4")]
-    assert order[-len(added):] == added  # last: an interrupted grid holds the first plan whole
+    multiply = [f"dhc4-init-multiply-L16-d64-lr0.006-s{s}" for s in (0, 1, 2)]
+    # after the first plan: an interrupted grid holds it whole; last of all, the init control added after every
+    # other run had been read, on the choice seeds, read against DHC x4 and the baseline of its seed
+    assert order[-len(added) - 3:-3] == added and order[-3:] == multiply
+    assert {("dhc4-init-multiply", "dhc4"), ("dhc4-init-multiply", "residual")} <= {c[:2] for c in main.comparisons}
     assert {r.seed for r in main.runs if r.variant in ("dhc1", "dhc8", "mhc4")} <= set(range(6))
     # SEEDS=N >= 12 makes them ordinary seeds of every variant instead
     assert not main_study("lm", seeds=12).added_seeds
