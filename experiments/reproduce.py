@@ -90,6 +90,11 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "seed 0 at lr 6e-3, made by both versions on the same machine the same day, has the same events, connection "
         "matrices and residual gains to the last bit (results/lm/machine-check/, 2026-12-05)",
     ),
+    "67c12d99b390": (
+        "f793a12d2926",
+        "a comment in lit_hc/csrc/hc_fused.cpp reworded, nothing else; the same DHC x4 L = 4 seed 0, made by both "
+        "versions the same day, is identical to the last bit (results/lm/machine-check/, 2026-12-05, later)",
+    ),
 }
 
 
