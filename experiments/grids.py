@@ -191,6 +191,9 @@ LM_ADDED_VARIANTS = ("residual", "dhc4", "dhc2", "dhc4-notanh", "shc2", "shc4")
 # HCConfig's default for HC, halves the std at n = 4, `none` leaves it): `multiply` doubles it. Added after every
 # other LM run had been read, on the choice seeds, last: the LM's init controls had divide and none only.
 LM_INIT_MULTIPLY_SEEDS = (0, 1, 2)
+# The same third reading for the ViT, at DHC x4's own LR (where half of its gain went with the halved init, and the
+# baseline with that init does not train): added after every other ViT run had been read, on the choice seeds, last.
+VIT_INIT_MULTIPLY_SEEDS = (0, 1, 2)
 
 QUICK_OVERRIDES = {
     "lm": ("--model.init_args.arch.n_head", "2", "--data.init_args.block_size", "32",
@@ -455,6 +458,13 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
                       "not divided"),
                      ("dhc4-init-multiply", "residual", "output init: DHC x4 with the multiplied init against the "
                       "baseline"))
+    if own_lr:  # the ViT's, the same third reading at DHC x4's own LR, added after everything above was read
+        runs += [run(task, "dhc4-init-multiply", s, **(knobs | {"lr": own_lr})) for s in VIT_INIT_MULTIPLY_SEEDS]
+        mine, more = f"dhc4-lr{own_lr:g}", f"dhc4-init-multiply-lr{own_lr:g}"
+        own += ((more, mine, f"output init at DHC x4's own LR ({own_lr:g}): DHC x4 with the std multiplied by "
+                 "sqrt(n) (2x), not divided"),
+                (more, "residual", "output init at each arm's own LR: DHC x4 with the multiplied init against the "
+                 "baseline"))
     comparisons = (("dhc4", f"residual-steps{longer}", f"equal wall-clock: DHC x4 ({steps} steps) against the "
                     f"baseline given {ratio:g}x the steps"), *own, *controls, *secondary)
     return Study("main", task, budget, tuple(runs), choice_seeds=choice, confirm_seeds=confirm,

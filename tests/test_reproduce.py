@@ -166,10 +166,14 @@ def test_vit_studies_share_one_regime_named_in_every_run():
     assert max(i for i, n in enumerate(order) if n.startswith("mhc4-")) < order.index(added[0])  # after the plan
     # then the output-init control at DHC x4's own LR, on the choice seeds
     added2 = [r.name for r in main.runs if r.seed in main.added2_seeds]
-    assert order[-6 - len(added2):-len(added2)] == [f"{v}-L24-d64-lr0.002-steps600-train500-s{s}"
-                                                    for v in ("dhc4-init-none", "residual-init-0.5") for s in (0, 1, 2)]
-    # last, the second added set: ten seeds of the pair at each arm's best LR only, seed by seed
-    assert main.added2_seeds == tuple(range(9, 19)) and order[-len(added2):] == added2
+    assert order[-9 - len(added2):-3 - len(added2)] == [f"{v}-L24-d64-lr0.002-steps600-train500-s{s}" for v in
+                                                        ("dhc4-init-none", "residual-init-0.5") for s in (0, 1, 2)]
+    # then the second added set: ten seeds of the pair at each arm's best LR only, seed by seed
+    assert main.added2_seeds == tuple(range(9, 19)) and order[-3 - len(added2):-3] == added2
+    # last of all, the init control added after every other run had been read, at DHC x4's own LR, choice seeds
+    assert order[-3:] == [f"dhc4-init-multiply-L24-d64-lr0.002-steps600-train500-s{s}" for s in (0, 1, 2)]
+    assert {("dhc4-init-multiply-lr0.002", "dhc4-lr0.002"), ("dhc4-init-multiply-lr0.002", "residual")} <= {
+        c[:2] for c in main.comparisons}
     assert added2 == [f"{v}-L24-d64-lr{lr}-steps600-train500-s{s}" for s in range(9, 19)
                       for v, lr in (("residual", "0.001"), ("dhc4", "0.002"))]
     assert main.seeds == tuple(range(19)) and not set(main.added2_seeds) & set(main.added_seeds + main.confirm_seeds)
