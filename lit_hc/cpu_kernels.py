@@ -15,7 +15,8 @@ memory and BLAS slow at a (5 x 4) by (4 x d) product; a C++ loop keeps a token's
 - `hc_fused()` (lit_hc/csrc/hc_fused.cpp): DHC's and mHC's whole width connections, SHC's stream mix and the depth
   connection's backward, one pass per token each (mHC's sigmoids and Sinkhorn iterations for a block of 8 tokens
   at once). Its sums run in another order than BLAS's, so it agrees with the
-  PyTorch form to float rounding only and is opt-in (HCConfig.fused).
+  PyTorch form to float rounding only and is opt-in (HCConfig.fused). Under torch.compile the two width connections
+  run as custom ops inside the graph (`lit_hc::dhc_width`, `lit_hc::mhc_width`, each with its backward op).
 """
 
 from __future__ import annotations

@@ -65,12 +65,14 @@ class HCConfig:
     changes how, not what, is computed."""
 
     fused: bool = False
-    """CPU, eager, float32/64: DHC's whole width connection (norm, projection, tanh, mix), mHC's (RMS norm,
-    projection, sigmoids, Sinkhorn, mix), SHC's stream mix and the depth connection's backward each in one C++ pass
-    per token (lit_hc/csrc/hc_fused.cpp) instead of PyTorch ops; where the kernel cannot be built or does not apply
-    (a GPU, torch.compile, autocast, another norm), the PyTorch form runs. The same function with its sums in another
-    order: equal to float rounding (tested), not bit for bit, so off by default, which keeps the committed results
-    reproducible bit for bit. Like `recompute`, not part of the variant's name."""
+    """CPU, float32/64: DHC's whole width connection (norm, projection, tanh, mix), mHC's (RMS norm, projection,
+    sigmoids, Sinkhorn, mix), SHC's stream mix and the depth connection's backward each in one C++ pass per token
+    (lit_hc/csrc/hc_fused.cpp) instead of PyTorch ops, in eager mode; under torch.compile the DHC and mHC width
+    connections are the same passes as library ops inside the graph (lit_hc::dhc_width, lit_hc::mhc_width), the
+    rest is inductor's. Where the kernel cannot be built or does not apply (a GPU, autocast, another norm), the
+    PyTorch form runs. The same function with its sums in another order: equal to float rounding (tested), not bit
+    for bit, so off by default, which keeps the committed results reproducible bit for bit. Like `recompute`, not
+    part of the variant's name."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -427,13 +429,112 @@ class _FusedManifoldWidth(torch.autograd.Function):
                 grad_b_pre, grad_b_post, grad_b_res, None)
 
 
+# The two width connections' C++ passes as library ops, for torch.compile: a compiled model with `fused` calls them
+# inside its graph (dynamo cannot trace into a C++ extension and would break the graph at a Function that calls one;
+# a library op is opaque to dynamo and inductor alike). The norm gain's folding and the scalars' concatenation stay
+# outside them as ordinary ops, whose gradients autograd derives. Eager keeps the Functions above: an op's Python
+# dispatch costs more per call, for nothing the Functions lack.
+Tensors3 = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Tensors6 = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@torch.library.custom_op("lit_hc::dhc_width", mutates_args=())
+def _dhc_width_op(H: torch.Tensor, WgT: torch.Tensor, bW: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                  scales: torch.Tensor, use_tanh: bool, eps: float) -> Tensors3:
+    """_FusedDynamicWidth's forward on H (T, n, d): x (T, d), R (T, n, d), beta (T, n)."""
+    return tuple(cpu_kernels.hc_fused().width_forward(H, WgT, bW, A, B, scales, use_tanh, eps))
+
+
+@torch.library.custom_op("lit_hc::dhc_width_backward", mutates_args=())
+def _dhc_width_backward_op(H: torch.Tensor, WgT: torch.Tensor, bW: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                           scales: torch.Tensor, use_tanh: bool, eps: float, grad_x: torch.Tensor,
+                           grad_R: torch.Tensor, grad_beta: torch.Tensor) -> Tensors6:
+    grads = cpu_kernels.hc_fused().width_backward(H, WgT, bW, A, B, scales, use_tanh, eps, grad_x, grad_R, grad_beta)
+    return tuple(g.clone() if k else g for k, g in enumerate(grads))  # the kernel's last five share one buffer
+
+
+@torch.library.custom_op("lit_hc::mhc_width", mutates_args=())
+def _mhc_width_op(H: torch.Tensor, phi: torch.Tensor, scalars: torch.Tensor, b_pre: torch.Tensor,
+                  b_post: torch.Tensor, b_res: torch.Tensor, iters: int) -> Tensors3:
+    """_FusedManifoldWidth's forward on H (T, n, d): x (T, d), R (T, n, d), post (T, n)."""
+    return tuple(cpu_kernels.hc_fused().mhc_width_forward(H, phi, scalars, b_pre, b_post, b_res, iters))
+
+
+@torch.library.custom_op("lit_hc::mhc_width_backward", mutates_args=())
+def _mhc_width_backward_op(H: torch.Tensor, phi: torch.Tensor, scalars: torch.Tensor, b_pre: torch.Tensor,
+                           b_post: torch.Tensor, b_res: torch.Tensor, iters: int, grad_x: torch.Tensor,
+                           grad_R: torch.Tensor, grad_post: torch.Tensor) -> Tensors6:
+    grads = cpu_kernels.hc_fused().mhc_width_backward(H, phi, scalars, b_pre, b_post, b_res, iters, grad_x, grad_R,
+                                                      grad_post)
+    return tuple(g.clone() if k else g for k, g in enumerate(grads))
+
+
+@_dhc_width_op.register_fake
+@_mhc_width_op.register_fake
+def _(H: torch.Tensor, *args) -> Tensors3:
+    T, n, d = H.shape
+    return H.new_empty(T, d), H.new_empty(T, n, d), H.new_empty(T, n)
+
+
+@_dhc_width_backward_op.register_fake
+def _(*args) -> Tensors6:
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in args[:6])
+
+
+@_mhc_width_backward_op.register_fake
+def _(*args) -> Tensors6:
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in args[:6])
+
+
+def _width_op_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs[:6])
+    ctx.options = inputs[6:]  # (use_tanh, eps) or (iters,)
+
+
+def _width_op_grads(ctx, grads) -> tuple:
+    """The output gradients as the kernels take them: contiguous, an empty tensor for an output with none."""
+    H = ctx.saved_tensors[0]
+    return tuple(H.new_empty(0) if g is None else g.contiguous() for g in grads)
+
+
+def _dhc_width_op_backward(ctx, grad_x, grad_R, grad_beta):
+    return (*_dhc_width_backward_op(*ctx.saved_tensors, *ctx.options, *_width_op_grads(ctx, (grad_x, grad_R,
+                                                                                              grad_beta))), None, None)
+
+
+def _mhc_width_op_backward(ctx, grad_x, grad_R, grad_post):
+    return (*_mhc_width_backward_op(*ctx.saved_tensors, *ctx.options, *_width_op_grads(ctx, (grad_x, grad_R,
+                                                                                              grad_post))), None)
+
+
+_dhc_width_op.register_autograd(_dhc_width_op_backward, setup_context=_width_op_setup)
+_mhc_width_op.register_autograd(_mhc_width_op_backward, setup_context=_width_op_setup)
+
+
+@torch.compiler.assume_constant_result
+def _hc_fused_built() -> bool:
+    """Whether the C++ kernel built here: a constant to dynamo, which cannot trace the build."""
+    return cpu_kernels.hc_fused() is not None
+
+
+def _fused_applies(module: "StreamConnection", *tensors: torch.Tensor) -> bool:
+    """`module.fused` asks for the kernel and it applies: CPU, float32/64, no autocast."""
+    return (module.fused and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
+            and not torch.is_autocast_enabled("cpu"))
+
+
 def _fused_kernel(module: "StreamConnection", *tensors: torch.Tensor):
     """The C++ kernel module where `module.fused` asks for it and it applies (CPU, float32/64, eager, no autocast),
     else None."""
-    if not (module.fused and all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors)
-            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")):
+    if torch.compiler.is_compiling() or not _fused_applies(module, *tensors):
         return None
     return cpu_kernels.hc_fused()
+
+
+def _fused_op_applies(module: "StreamConnection", *tensors: torch.Tensor) -> bool:
+    """Under torch.compile: whether the width connection should be the library op above (`fused`, and the kernel
+    applies and built)."""
+    return torch.compiler.is_compiling() and _fused_applies(module, *tensors) and _hc_fused_built()
 
 
 def _per_token(coefficients: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -729,6 +830,15 @@ class HyperConnection(StreamConnection):
             return _DynamicWidth.apply(H, self.norm.weight, self.norm.bias, self.dynamic_weight(), self.static_alpha,
                                        self.static_beta, self.dynamic_alpha_scale, self.dynamic_beta_scale,
                                        isinstance(self.act, nn.Tanh), self.norm.eps, self.lean())
+        if (self.dynamic and type(self.norm) is nn.LayerNorm and _fused_op_applies(self, H)):
+            # Compiled with `fused`: the same C++ pass, as a library op in the graph.
+            n, d = H.shape[-2:]
+            x, R, beta = _dhc_width_op(
+                H.reshape(-1, n, d).contiguous(), *_FusedDynamicWidth.folded(self.norm.weight, self.norm.bias,
+                                                                             self.dynamic_weight()),
+                self.static_alpha, self.static_beta, torch.cat([self.dynamic_alpha_scale, self.dynamic_beta_scale]),
+                isinstance(self.act, nn.Tanh), self.norm.eps)
+            return x.view(*H.shape[:-2], d), R.view(H.shape), beta.view(H.shape[:-1])
         alpha, beta = self.lean_coefficients(H) if self.dynamic else self.coefficients(H)
         x, R = stream_mix(H, alpha, _fused_kernel(self, H, alpha))  # (n+1, n) @ (..., n, d) -> (..., n+1, d) = [x; R]
         return x, R, beta
@@ -923,6 +1033,13 @@ class ManifoldHyperConnection(StreamConnection):
         if (kernel := _fused_kernel(self, H, self.phi)) and H.dtype == self.phi.dtype:
             return _FusedManifoldWidth.apply(kernel, H, self.phi, self.a_pre, self.a_post, self.a_res, self.b_pre,
                                              self.b_post, self.b_res, self.sinkhorn_iters)
+        if _fused_op_applies(self, H, self.phi) and H.dtype == self.phi.dtype:
+            # Compiled with `fused`: the same C++ pass, as a library op in the graph.
+            n, d = H.shape[-2:]
+            x, R, post = _mhc_width_op(H.reshape(-1, n, d).contiguous(), self.phi,
+                                       torch.cat([self.a_pre, self.a_post, self.a_res]), self.b_pre, self.b_post,
+                                       self.b_res, self.sinkhorn_iters)
+            return x.view(*H.shape[:-2], d), R.view(H.shape), post.view(H.shape[:-1])
         h_pre, h_post, h_res = self.lean_coefficients(H)
         # One mixing matrix in HC's layout, alpha = [H_pre^T | H_res^T]: x = H_pre H, R = H_res H.
         alpha = torch.cat([h_pre.unsqueeze(-1), h_res.transpose(-1, -2)], -1)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lit_hc import GPT, GPTConfig, HCConfig, cpu_kernels
-from lit_hc.hyper_connections import _fused_kernel, _FusedDynamicWidth, _FusedManifoldWidth
+from lit_hc.hyper_connections import (_dhc_width_op, _fused_kernel, _FusedDynamicWidth, _FusedManifoldWidth,
+                                      _mhc_width_op)
 
 can_build = shutil.which("c++") is not None and shutil.which("ninja") is not None
 F64 = dict(rtol=1e-10, atol=1e-11)
@@ -181,16 +182,73 @@ def test_without_the_kernel_fused_runs_the_pytorch_form_bit_for_bit(monkeypatch)
         assert torch.equal(o1, o2) and torch.equal(gh1, gh2) and all(torch.equal(gp1[k], gp2[k]) for k in gp1)
 
 
+def _op_inputs(name: str, T: int = 11, n: int = 3, d: int = 8):
+    """Inputs of the compiled path's library op for a random, non-init DHC or mHC connection, float64."""
+    m = perturbed(HCConfig.from_name(f"{name}{n}").build(d, 1).double())
+    H = (2 * torch.randn(T, n, d, dtype=torch.float64) + 0.5).requires_grad_()
+    leaf = lambda t: t.detach().clone().requires_grad_()  # noqa: E731
+    if name == "dhc":
+        folded = _FusedDynamicWidth.folded(m.norm.weight, m.norm.bias, m.dynamic_weight())
+        scales = torch.cat([m.dynamic_alpha_scale, m.dynamic_beta_scale])
+        return _dhc_width_op, (H, *map(leaf, (*folded, m.static_alpha, m.static_beta, scales))), (True, m.norm.eps)
+    scalars = torch.cat([m.a_pre, m.a_post, m.a_res])
+    return _mhc_width_op, (H, *map(leaf, (m.phi, scalars, m.b_pre, m.b_post, m.b_res))), (7,)
+
+
+@pytest.mark.parametrize("name", ["dhc", "mhc"])
+def test_the_compiled_paths_ops_pass_opcheck_and_gradcheck(kernel, name):
+    """The library ops a compiled model with `fused` calls: schema, fake implementation, autograd registration and
+    dispatch (torch.library.opcheck), and their gradient is the function's (gradcheck, all six tensor inputs)."""
+    op, tensors, options = _op_inputs(name)
+    torch.library.opcheck(op, (*tensors, *options))
+    torch.autograd.gradcheck(lambda *t: op(*t, *options), tensors)
+
+
 @pytest.mark.parametrize("name", ["dhc4", "mhc4"])
-def test_a_fused_block_compiles_whole_and_runs_the_compiled_form(kernel, name):
-    """Under torch.compile `fused` steps aside (the compiled form is inductor's): dynamo traces the block without a
-    graph break, and its result equals the eager fused block's to float32 rounding."""
+def test_a_fused_block_compiles_whole_and_calls_the_kernel_in_its_graph(kernel, name):
+    """Under torch.compile `fused` runs the C++ width connection as one library op per sub-layer inside the graph
+    (fullgraph: no break), and the inductor-compiled block equals the eager PyTorch form, forward and gradients of
+    the input and every parameter, to float32 rounding."""
     from lit_hc.layers import Block
 
     torch.manual_seed(0)
+    plain = perturbed(Block(16, 2, index=1, hc=HCConfig.from_name(name), causal=True, mlp_ratio=2.0), scale=0.05)
+    block = dataclasses.replace(HCConfig.from_name(name), fused=True)
+    block = Block(16, 2, index=1, hc=block, causal=True, mlp_ratio=2.0)
+    block.load_state_dict(plain.state_dict())
+    targets: list = []
+
+    def record(gm, example_inputs):
+        targets.extend(node.target for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    H = torch.randn(2, 8, 4, 16, requires_grad=True)
     torch._dynamo.reset()
-    block = perturbed(Block(16, 2, index=1, hc=dataclasses.replace(HCConfig.from_name(name), fused=True), causal=True,
-                            mlp_ratio=2.0), scale=0.05)
-    H = torch.randn(2, 8, 4, 16)
-    compiled = torch.compile(block, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(H), block(H), rtol=1e-4, atol=1e-5)
+    torch.compile(block, fullgraph=True, backend=record)(H)
+    op = {"dhc4": torch.ops.lit_hc.dhc_width.default, "mhc4": torch.ops.lit_hc.mhc_width.default}[name]
+    assert targets.count(op) == 2  # attention's and the MLP's width connections
+    torch._dynamo.reset()
+    out, ref = torch.compile(block, fullgraph=True, backend="inductor")(H), plain(H)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [H, *block.parameters()], g)
+    for a, b in zip(grads, torch.autograd.grad(ref, [H, *plain.parameters()], g), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_without_the_kernel_fused_traces_the_pytorch_form(monkeypatch):
+    """No kernel here: the compiled block with `fused` holds no library op of it (which would fail when called)."""
+    from lit_hc.layers import Block
+
+    monkeypatch.setattr(cpu_kernels, "hc_fused", lambda: None)
+    targets: list = []
+
+    def record(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    for name in ("dhc4", "mhc4"):
+        block = Block(16, 2, index=1, hc=dataclasses.replace(HCConfig.from_name(name), fused=True), causal=True)
+        torch._dynamo.reset()
+        torch.compile(block, fullgraph=True, backend=record)(torch.randn(2, 8, 4, 16))
+    assert targets and not [t for t in targets if "dhc_width" in t or "mhc_width" in t]
