@@ -34,7 +34,20 @@ KNOBS: dict[str, dict[str, str]] = {
     "train": {"vit": "--data.init_args.synthetic_train_per_class"},
     # objects per generated image: 2 = the shape-pairs task (21 classes; lit_hc.data.shapes)
     "obj": {"vit": "--data.init_args.synthetic_objects"},
+    # HCConfig.fused: the C++ one-pass connections (the same function, its sums in another order); a flag, so the
+    # name says just "fused"
+    "fused": {"lm": "--model.init_args.hc.fused", "vit": "--model.init_args.hc.fused"},
 }
+
+
+def knob_text(key: str, value) -> str:
+    """A knob as run names and table rows spell it: 'lr0.006', 'steps1100'; a flag that is on, its key alone."""
+    return key if value is True else f"{key}{value:g}"
+
+
+def knob_arg(value) -> str:
+    """A knob's value as the CLI takes it."""
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,7 @@ class Run:
 
     @property
     def name(self) -> str:
-        return "-".join([self.variant, *(f"{k}{v:g}" for k, v in self.knobs), f"s{self.seed}"])
+        return "-".join([self.variant, *(knob_text(k, v) for k, v in self.knobs), f"s{self.seed}"])
 
     def knob(self, key: str):
         return dict(self.knobs).get(key)
@@ -191,6 +204,10 @@ LM_ADDED_VARIANTS = ("residual", "dhc4", "dhc2", "dhc4-notanh", "shc2", "shc4")
 # HCConfig's default for HC, halves the std at n = 4, `none` leaves it): `multiply` doubles it. Added after every
 # other LM run had been read, on the choice seeds, last: the LM's init controls had divide and none only.
 LM_INIT_MULTIPLY_SEEDS = (0, 1, 2)
+# DHC x4 with HCConfig.fused (the C++ one-pass connections: the same function, its sums in another order) on the
+# choice and confirmation seeds, last: how far the float order alone moves the headline comparison, and what the
+# path that turns HC's cost down would give if the grids were made with it. Nothing is chosen from these runs.
+LM_FUSED_SEEDS = (0, 1, 2, 3, 4, 5)
 # The same third reading for the ViT, at DHC x4's own LR (where half of its gain went with the halved init, and the
 # baseline with that init does not train): added after every other ViT run had been read, on the choice seeds, last.
 VIT_INIT_MULTIPLY_SEEDS = (0, 1, 2)
@@ -457,6 +474,11 @@ def main_study(task: str, quick: bool = False, seeds: int | None = None) -> Stud
         controls += (("dhc4-init-multiply", "dhc4", "output init: DHC x4 with the std multiplied by sqrt(n) (2x), "
                       "not divided"),
                      ("dhc4-init-multiply", "residual", "output init: DHC x4 with the multiplied init against the "
+                      "baseline"))
+        runs += [run(task, "dhc4", s, **(knobs | {"fused": True})) for s in LM_FUSED_SEEDS]
+        controls += (("dhc4-fused", "dhc4", "float order: DHC x4 with the C++ one-pass connections (HCConfig.fused), "
+                      "the same function with its sums in another order"),
+                     ("dhc4-fused", "residual", "float order: DHC x4 with the C++ one-pass connections against the "
                       "baseline"))
     if own_lr:  # the ViT's, the same third reading at DHC x4's own LR, added after everything above was read
         runs += [run(task, "dhc4-init-multiply", s, **(knobs | {"lr": own_lr})) for s in VIT_INIT_MULTIPLY_SEEDS]

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.grids import BASE_CONFIGS, GPU_HOURS, KNOBS, STUDIES, Run, Study, studies
+from experiments.grids import BASE_CONFIGS, GPU_HOURS, KNOBS, STUDIES, Run, Study, knob_arg, studies
 from experiments.summarize import read_run_metrics, summarize_study
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -163,7 +163,7 @@ def cli_args(run: Run, study: Study, scale: str, quick: bool, results: Path, dat
                  "--model.init_args.optim.warmup_steps", str(max(1, budget.steps // 10)),
                  "--model.init_args.log_connections_every_n_steps", str(max(budget.steps // 2, 1))]
     for key, value in run.knobs:
-        args += [KNOBS[key][run.task], f"{value:g}"]
+        args += [KNOBS[key][run.task], knob_arg(value)]
     if quick and run.task == "lm":
         args += ["--data.init_args.source", str(quick_corpus())]
     if data is not None:

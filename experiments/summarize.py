@@ -23,7 +23,7 @@ import yaml
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from experiments.grids import LM_MAIN_DEPTH, PAPER, STUDIES, VARIANTS, Study, studies
+from experiments.grids import LM_MAIN_DEPTH, PAPER, STUDIES, VARIANTS, Study, knob_text, studies
 from experiments.stats import Paired, mean_std, paired
 from lit_hc.analysis import unrolled_connections
 from lit_hc.io import write_atomic
@@ -74,7 +74,7 @@ def read_run_metrics(run_dir: Path, task: str) -> dict:
 def label(run: dict, study: Study) -> str:
     """A run's row in a table: its variant and the knobs in which it differs from the study's base settings."""
     knobs = [(k, v) for k, v in run["run"]["knobs"] if study.base_knobs.get(k) != v]
-    return "-".join([run["run"]["variant"], *(f"{k}{v:g}" for k, v in knobs)])
+    return "-".join([run["run"]["variant"], *(knob_text(k, v) for k, v in knobs)])
 
 
 def _code(done: dict) -> tuple[str, dict[str, str]]:

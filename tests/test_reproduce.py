@@ -3,6 +3,7 @@ refuse another configuration, and the pairing of runs by seed."""
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,7 +86,8 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
     study = main_study("lm")
     assert study.choice_seeds == (0, 1, 2) and study.confirm_seeds == (3, 4, 5)
     grid = [r for r in study.runs if r.knob("steps") is None and r.knob("L") == 16 and r.knob("lr") == 6e-3
-            and r.variant in MAIN_SEEDS and r.seed not in study.added_seeds]  # those: the test below
+            and r.variant in MAIN_SEEDS and r.seed not in study.added_seeds  # those: the test below
+            and not r.knob("fused")]  # DHC x4 with the C++ connections, last: the test below too
     seeds = {v: sorted(r.seed for r in grid if r.variant == v) for v in MAIN_SEEDS}
     assert seeds["residual"] == seeds["dhc4"] == [0, 1, 2, 3, 4, 5]  # >= 5 seeds, paired
     assert all(seeds[v] == [0, 1, 2, 3, 4, 5] for v in MAIN_SEEDS)  # the secondary claims get confirmation seeds too
@@ -103,15 +105,18 @@ def test_main_lm_grid_holds_out_confirmation_seeds():
     # the confound controls at the grid's LR (6e-3), which the controls study ran at 3e-3
     mhc_lr = {r.name for r in study.runs if r.variant == "mhc4" and r.knob("lr") != 6e-3}
     assert mhc_lr == {f"mhc4-L16-d64-lr{lr}-s{s}" for s in (0, 1) for lr in ("0.003", "0.012")}
-    confounds = {r.name for r in study.runs if r.seed not in study.added_seeds} - {r.name for r in grid + longer} - mhc_lr
+    fused = {r.name for r in study.runs if r.knob("fused")}
+    confounds = {r.name for r in study.runs if r.seed not in study.added_seeds} - {r.name for r in grid + longer}
+    confounds -= mhc_lr | fused
     assert confounds == {f"{v}-d64-lr0.006-s{s}" for s in (0, 1, 2) for v in (
         "residual-L17", "residual-init-0.5-L16", "dhc4-init-none-L16", "dhc4-init-multiply-L16")}
-    assert [c[:2] for c in study.comparisons[1:7]] == [("residual-init-0.5", "residual"), ("dhc4-init-none", "dhc4"),
+    assert [c[:2] for c in study.comparisons[1:9]] == [("residual-init-0.5", "residual"), ("dhc4-init-none", "dhc4"),
                                                        ("residual-L17", "residual"), ("dhc4", "residual-L17"),
                                                        ("dhc4-init-multiply", "dhc4"),
-                                                       ("dhc4-init-multiply", "residual")]
+                                                       ("dhc4-init-multiply", "residual"), ("dhc4-fused", "dhc4"),
+                                                       ("dhc4-fused", "residual")]
     # the paper's secondary claims, variant against variant on the seeds both have
-    assert [c[:2] for c in study.comparisons[7:]] == [("dhc2", "dhc1"), ("dhc4", "dhc2"), ("dhc8", "dhc4"),
+    assert [c[:2] for c in study.comparisons[9:]] == [("dhc2", "dhc1"), ("dhc4", "dhc2"), ("dhc8", "dhc4"),
                                                       ("dhc4-notanh", "dhc4"), ("shc2", "dhc2"), ("shc4", "dhc4"),
                                                       ("mhc4", "dhc4"), ("mhc4-lr0.003", "mhc4"),
                                                       ("mhc4-lr0.003", "dhc4"), ("mhc4-lr0.012", "mhc4"),
@@ -203,10 +208,15 @@ def test_lm_main_grid_adds_seeds_6_to_11_for_the_secondary_claims_only():
     assert added == [f"{v}-L16-d64-lr0.006-s{s}" for s in range(6, 12)
                      for v in ("residual", "dhc4", "dhc2", "dhc4-notanh", "shc2", "shc4")]
     multiply = [f"dhc4-init-multiply-L16-d64-lr0.006-s{s}" for s in (0, 1, 2)]
-    # after the first plan: an interrupted grid holds it whole; last of all, the init control added after every
-    # other run had been read, on the choice seeds, read against DHC x4 and the baseline of its seed
-    assert order[-len(added) - 3:-3] == added and order[-3:] == multiply
-    assert {("dhc4-init-multiply", "dhc4"), ("dhc4-init-multiply", "residual")} <= {c[:2] for c in main.comparisons}
+    fused = [f"dhc4-L16-d64-lr0.006-fused-s{s}" for s in range(6)]
+    # after the first plan: an interrupted grid holds it whole; then the init control added after every other run
+    # had been read, on the choice seeds, read against DHC x4 and the baseline of its seed; last, DHC x4 with the
+    # C++ connections on the choice and confirmation seeds
+    assert order[-len(added) - 9:-9] == added and order[-9:-6] == multiply and order[-6:] == fused
+    assert {("dhc4-init-multiply", "dhc4"), ("dhc4-init-multiply", "residual"), ("dhc4-fused", "dhc4"),
+            ("dhc4-fused", "residual")} <= {c[:2] for c in main.comparisons}
+    args = [cli_args(r, main, "cpu", False, Path("/r"), None) for r in (main.runs[-1], main.runs[0])]
+    assert args[0][-2:] == ["--model.init_args.hc.fused", "true"] and not [a for a in args[1] if "fused" in a]
     assert {r.seed for r in main.runs if r.variant in ("dhc1", "dhc8", "mhc4")} <= set(range(6))
     # SEEDS=N >= 12 makes them ordinary seeds of every variant instead
     assert not main_study("lm", seeds=12).added_seeds
