@@ -95,6 +95,13 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "a comment in lit_hc/csrc/hc_fused.cpp reworded, nothing else; the same DHC x4 L = 4 seed 0, made by both "
         "versions the same day, is identical to the last bit (results/lm/machine-check/, 2026-12-05, later)",
     ),
+    "c3ce5a52e9a5": (
+        "67c12d99b390",
+        "the opt-in fused path's width connections also as library ops under torch.compile (off in every run here, "
+        "and no run here is compiled); the eager path's conditions moved into a helper unchanged. The same DHC x4 "
+        "L = 4 seed 0, made by both versions one after the other, is identical to the last bit "
+        "(results/lm/machine-check/, 2026-12-05, a session later)",
+    ),
 }
 
 
