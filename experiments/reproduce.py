@@ -102,6 +102,12 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "L = 4 seed 0, made by both versions one after the other, is identical to the last bit "
         "(results/lm/machine-check/, 2026-12-05, a session later)",
     ),
+    "0a6cccdd2149": (
+        "c3ce5a52e9a5",
+        "the compiled fused path's op registrations tidied (one fake for both backward ops, shorter autograd "
+        "wrappers) and a comment; no run here is compiled. The same DHC x4 L = 4 seed 0, made by both versions one "
+        "after the other, is identical to the last bit (results/lm/machine-check/, 2026-12-05, last)",
+    ),
 }
 
 
