@@ -4,7 +4,8 @@ against the checkout's, interleaved, so a change to the kernel is measured witho
     python -m experiments.kernel_ab fca8041~1 --out results/bench-fused   # -> kernel_ab.md
 
 Per shape (the width sweep's tokens x n = 4 x d): DHC's width connection forward + backward (`width_forward`,
-`width_backward`), the stream mix forward + backward, the depth connection's backward; 1 thread, 15 repeats with the
+`width_backward`), the stream mix forward + backward, the depth connection's backward, mHC's width connection
+forward + backward (where both builds have it); 1 thread, 15 repeats with the
 order alternating, medians. Also the largest difference of the two builds' outputs (float32 sums in another order).
 """
 from __future__ import annotations
@@ -56,12 +57,17 @@ def main(argv: list[str] | None = None) -> None:
         r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
         H, Wg, bW, A, B = r(T, n, d), 0.1 * r(n + 2, d), 0.1 * r(n + 2), r(n, n + 1), r(n)
         sc, gx, gR, gb, y, alpha = torch.tensor([0.5, 0.7]), r(T, d), r(T, n, d), r(T, n), r(T, d), r(T, n, n + 1)
+        phi, msc, bp, bq, br = 0.1 * r(n * d, 2 * n + n * n), torch.tensor([0.5, 0.7, 0.9]), r(n), r(n), r(n, n)
         jobs = {
             "DHC width, fwd + bwd": lambda k: (*k.width_forward(H, Wg, bW, A, B, sc, True, 1e-5),
                                                *k.width_backward(H, Wg, bW, A, B, sc, True, 1e-5, gx, gR, gb)),
             "mix, fwd + bwd": lambda k: (*k.mix_forward(H, alpha), *k.mix_backward(H, alpha, gx, gR)),
             "depth, bwd": lambda k: tuple(k.depth_backward(gR, y, gb)),
+            "mHC width, fwd + bwd": lambda k: (*k.mhc_width_forward(H, phi, msc, bp, bq, br, 20),
+                                               *k.mhc_width_backward(H, phi, msc, bp, bq, br, 20, gx, gR, gb)),
         }
+        if not all(hasattr(k, "mhc_width_forward") for k in kernels.values()):  # before mHC's was in the kernel
+            del jobs["mHC width, fwd + bwd"]
         for name, job in jobs.items():
             times = {"old": [], "new": []}
             for i in range(a.repeats):
