@@ -108,6 +108,12 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "wrappers) and a comment; no run here is compiled. The same DHC x4 L = 4 seed 0, made by both versions one "
         "after the other, is identical to the last bit (results/lm/machine-check/, 2026-12-05, last)",
     ),
+    "c2aa6da331e1": (
+        "0a6cccdd2149",
+        "mHC's width connection in the opt-in fused kernel vectorised over tokens (no run here uses mHC with fused; "
+        "DHC's part of the kernel unchanged). The same DHC x4 L = 4 seed 0, made by both versions one after the "
+        "other, is identical to the last bit (results/lm/machine-check/, 2026-12-05, a session later)",
+    ),
 }
 
 
