@@ -500,16 +500,19 @@ def mhc_over_dhc(rows: list[dict], widths: list[str]) -> list[str]:
     return out
 
 
-def profile(task: str, spec: dict, variants: list[str], device, out: Path, command: str) -> None:
-    """Where the time of an eager training step goes: the top operators of each variant (results/bench_profile.md)."""
+def profile(task: str, spec: dict, variants: list[str], device, out: Path, command: str, model: str = "") -> None:
+    """Where the time of an eager training step goes: the top operators of each variant, and for each HC variant
+    the operators whose time grew most over the baseline's (results/bench_profile.md)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     arch, batch = spec["arch"], spec["batch"]
     x, y = make_batch(task, arch, batch, device)
-    lines = header(f"Where the time goes: one eager training step of the {task} bench model", command, device) + [
+    lines = header(f"Where the time goes: one eager training step of the {model or task + ' bench model'}", command,
+                   device) + [
              "Self time per operator over 2 steps (torch.profiler, CPU); the profiler adds overhead, so compare "
              "variants with each other, not with bench.md.\n"]
+    per_op = {}
     for v in variants:
         model = build(task, arch, v, device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -521,11 +524,23 @@ def profile(task: str, spec: dict, variants: list[str], device, out: Path, comma
                 train_step(task, model, optimizer, x, y)
         events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
         total = sum(e.self_cpu_time_total for e in events)
+        per_op[v] = {e.key: (e.self_cpu_time_total / 2e3, e.count // 2) for e in events}
         lines += [f"## {v}: {total / 2e3:.0f} ms per step under the profiler\n", "| operator | ms per step | share | calls per step |",
                   "|---|---|---|---|"]
         for e in events[:12]:
             lines.append(f"| `{e.key}` | {e.self_cpu_time_total / 2e3:.1f} | {e.self_cpu_time_total / total:.0%} | "
                          f"{e.count // 2} |")
+        lines.append("")
+    base = per_op.get("residual", {})
+    for v in (v for v in variants if v != "residual" and base):
+        grown = sorted(per_op[v], key=lambda k: base.get(k, (0, 0))[0] - per_op[v][k][0])[:12]
+        extra = sum(ms for ms, _ in per_op[v].values()) - sum(ms for ms, _ in base.values())
+        lines += [f"## {v} against residual: the operators that grew most ({extra:+.0f} ms per step in all)\n",
+                  "| operator | ms per step (residual) | ms per step | difference | calls per step (residual / this) |",
+                  "|---|---|---|---|---|"]
+        for k in grown:
+            (b_ms, b_n), (v_ms, v_n) = base.get(k, (0.0, 0)), per_op[v][k]
+            lines.append(f"| `{k}` | {b_ms:.1f} | {v_ms:.1f} | {v_ms - b_ms:+.1f} | {b_n} / {v_n} |")
         lines.append("")
     write_atomic(out / "bench_profile.md", "\n".join(lines) + "\n")
 
@@ -603,7 +618,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="instead: the GPT at d = 64 (16 layers) to 1024, residual/SHC/DHC/mHC x4 (+ peer), "
                              "eager and compiled, with the floor -> bench_widths.md and .csv")
     parser.add_argument("--widths", nargs="+", default=None, metavar="WIDTH",
-                        help="with --sweep: only these widths (e.g. d64-L16, the experiments' regime, ~1/4 of the time)")
+                        help="with --sweep: only these widths (e.g. d64-L16, the experiments' regime, ~1/4 of the time); "
+                             "with --profile: the one sweep GPT to profile")
     parser.add_argument("--connections", action="store_true",
                         help="instead: one sub-layer's connection alone at the sweep's widths, its parts and its floor "
                              "-> bench_connections.md and .csv")
@@ -661,7 +677,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     if a.profile:
         task = "lm" if a.model == "all" else a.model
-        profile(task, specs[task], variants, device, Path(a.out), command.strip())
+        if a.widths:  # one of the sweep's GPTs (e.g. d64-L16, the experiments' regime) instead of the bench model
+            widths = QUICK_WIDTHS if a.quick else WIDTHS
+            if len(a.widths) != 1 or a.widths[0] not in widths or task != "lm":
+                parser.error(f"--profile --widths takes one of {' '.join(widths)} (a GPT: --model lm)")
+            spec = widths[a.widths[0]]
+            profile("lm", spec, variants, device, Path(a.out), command.strip(),
+                    f"GPT {a.widths[0]} ({_describe(spec['arch'])}, batch {spec['batch']})")
+        else:
+            profile(task, specs[task], variants, device, Path(a.out), command.strip())
         print(f"bench: wrote {a.out}/bench_profile.md")
         return
     started, rows = time.time(), []

@@ -54,6 +54,26 @@ def test_profile_writes_the_top_operators(tmp_path):
     assert "## residual:" in text and "## dhc4:" in text and "`aten::" in text
 
 
+def test_profile_of_a_sweep_gpt_sets_each_hc_variant_against_the_baseline(tmp_path):
+    bench(["--quick", "--profile", "--widths", "d16-L2", "--variants", "dhc4", "--out", str(tmp_path)])
+    text = (tmp_path / "bench_profile.md").read_text()
+    assert "GPT d16-L2 (n_layer=2, n_embd=16" in text and "## residual:" in text
+    table = text.split("## dhc4 against residual")[1].splitlines()
+    rows = [r.strip("| ").split(" | ") for r in table if r.startswith("| `")]
+    assert len(rows) == 12
+    for _, base, this, diff, calls in rows:
+        assert abs(float(this) - float(base) - float(diff)) <= 0.11
+    assert any(calls.startswith("0 / ") for *_, calls in rows)  # an operator only HC calls
+    diffs = [float(r[3]) for r in rows]
+    assert diffs == sorted(diffs, reverse=True)
+
+
+def test_profile_takes_one_sweep_gpt(capsys):
+    with pytest.raises(SystemExit):
+        bench(["--quick", "--profile", "--widths", "d16-L2", "d32"])
+    assert "--profile --widths takes one of d16-L2 d32" in capsys.readouterr().err
+
+
 def test_floor_bytes_counts_the_stream_passes():
     from experiments.bench import floor_bytes
     from lit_hc import GPTConfig
