@@ -58,7 +58,10 @@ class OptimConfig:
     def build(self, param_groups: list[dict], total_steps: int) -> dict:
         """AdamW over `param_groups` with the warmup + cosine schedule stepped per step, as Lightning wants it
         from configure_optimizers."""
-        optimizer = torch.optim.AdamW(param_groups, lr=self.lr, betas=self.betas, eps=self.eps)
+        # foreach: the multi-tensor update, which torch picks by itself only for CUDA tensors; on the CPU it is the
+        # same arithmetic per element as the per-tensor loop (bit for bit, tested) in far fewer calls, which counts
+        # with HC's many small parameter tensors (eight more per sub-layer for DHC).
+        optimizer = torch.optim.AdamW(param_groups, lr=self.lr, betas=self.betas, eps=self.eps, foreach=True)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.lr_factor(step, total_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

@@ -191,3 +191,34 @@ def test_configure_optimizers_for_hyper_connections_returns_adamw_without_decay_
     decay = {n for g in optimizer.param_groups if g["weight_decay"] == 0.05 for n in g["names"]}
     assert all(g["lr"] == 3e-4 for g in optimizer.param_groups)
     assert "blocks.0.hc_attn.static_alpha" not in decay and "blocks.0.hc_attn.dynamic_alpha_fn" in decay
+
+
+@pytest.mark.parametrize("task", ["gpt", "vit"])
+def test_the_training_optimizer_updates_as_the_per_tensor_adamw_does_bit_for_bit(task):
+    """OptimConfig.build asks for AdamW's multi-tensor (foreach) update, which torch uses by itself only on CUDA;
+    on the CPU it must give the per-tensor loop's parameters to the last bit, so no committed run changes."""
+    from lit_hc.tasks import OptimConfig
+
+    hc = HCConfig.from_name("dhc4")
+    def make():
+        return GPT(GPTConfig(**GPT_SMALL, hc=hc)) if task == "gpt" else ViT(ViTConfig(**VIT_SMALL, hc=hc))
+
+    config = OptimConfig(lr=3e-2, warmup_steps=1)
+    models, optimizers = [], []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        models.append(make())
+        built = config.build(param_groups(models[-1], config.weight_decay), total_steps=10)["optimizer"]
+        assert built.defaults["foreach"] is True
+        optimizers.append(built if foreach else torch.optim.AdamW(
+            param_groups(models[-1], config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=g) for p in models[0].parameters()]
+        for model, optimizer in zip(models, optimizers):
+            for p, grad in zip(model.parameters(), grads):
+                p.grad = grad.clone()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b)
+    assert not torch.equal(models[0].blocks[0].hc_attn.static_alpha, make().blocks[0].hc_attn.static_alpha)
