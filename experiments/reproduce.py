@@ -114,6 +114,13 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "DHC's part of the kernel unchanged). The same DHC x4 L = 4 seed 0, made by both versions one after the "
         "other, is identical to the last bit (results/lm/machine-check/, 2026-12-05, a session later)",
     ),
+    "ce0582e48414": (
+        "c2aa6da331e1",
+        "the training modules' AdamW with foreach=True, the same update per element as the per-tensor loop (tested bit "
+        "for bit for GPT and ViT in tests/test_models.py). The same DHC x4 and residual L = 4 seed 0, made by both "
+        "versions one after the other, are identical to the last bit (results/lm/machine-check/, 2026-12-05, a "
+        "session later, second)",
+    ),
 }
 
 
