@@ -166,3 +166,14 @@ def test_fit_mode_refuses_variants_the_grid_does_not_run(capsys):
     with pytest.raises(SystemExit):
         bench(["--fit", "--variants", "dhc4-recompute"])
     assert "--fit --variants dhc4-recompute" in capsys.readouterr().err
+
+
+def test_optimizer_ab_times_adamws_implementations_and_checks_their_bits(tmp_path):
+    from experiments.optimizer_ab import main as optimizer_ab
+
+    optimizer_ab(["--variants", "dhc4", "--steps", "5", "--out", str(tmp_path)])
+    rows = [r.strip("| ").split(" | ") for r in (tmp_path / "optimizer_ab.md").read_text().splitlines()
+            if r.startswith("| dhc4 |")]
+    assert [r[2] for r in rows] == ["per-tensor loop", "foreach", "fused"]
+    assert rows[0][4:] == ["yes", "0.0e+00"] and rows[1][4] == "yes"  # what `lit-hc fit` relies on
+    assert all(float(r[3]) > 0 and int(r[1]) == int(rows[0][1]) for r in rows)
