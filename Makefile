@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 # data: pyarrow, datasets and zstandard for `lit-hc prepare` (parquet, save_to_disk folders, .jsonl.zst)
 EXTRAS ?= --extra dev --extra hf --extra bench --extra data
 
-.PHONY: help install test test-slow test-gpu test-all reproduce bench bench-widths bench-fit tensorboard clean-venv
+.PHONY: help install test test-slow test-gpu test-all reproduce bench bench-widths bench-fit bench-profile tensorboard clean-venv
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ bench-widths: install ## HC's step-time overhead at d = 64 (16 layers) to 1024, 
 
 bench-fit: install ## HC's cost in the training loop itself: `lit-hc fit` runs of the LM main grid, plain and fused -> results/bench_fit.{md,csv}
 	$(PY) -m experiments.bench --fit $(BENCH_ARGS)
+
+bench-profile: install ## Where an HC step's time goes at the experiments' 16 layers x d = 64, operator by operator against the baseline's -> results/bench-profile-d64/ (1 min)
+	$(PY) -m experiments.bench --profile --widths d64-L16 --variants dhc4 dhc4-fused mhc4-fused --out results/bench-profile-d64 $(BENCH_ARGS)
 
 LOGDIR ?= results
 tensorboard: install ## Serve TensorBoard for results/ (all runs side by side) [LOGDIR=runs]
