@@ -201,8 +201,13 @@ def bench(task: str, spec: dict, variants: list[str], compile: bool, repeats: in
     mems = {v: memory_bytes(task, models[v], optimizers[v], x, y, device) for v in variants}
     for v in variants:
         step = statistics.median(times[v])
+        # the ratio within each round (the variant and the baseline timed minutes apart at most): its spread says
+        # how far one run's ratio can be trusted, which the medians alone do not
+        paired = [t / b for t, b in zip(times[v], times["residual"])]
         rows.append({"model": task, "mode": "compiled" if compile else "eager", "variant": v,
                      "step_ms": 1e3 * step, "step_ratio": step / base_time,
+                     "round_ratio_min": min(paired), "round_ratio_max": max(paired),
+                     "round_ms": [1e3 * t for t in times[v]],
                      "memory_mb": mems[v] / 2**20, "memory_ratio": mems[v] / mems["residual"],
                      "infer_per_s": infer[v], "infer_ratio": infer[v] / infer["residual"],
                      "target": TARGETS.get(v, "")})
@@ -272,7 +277,9 @@ def sweep(widths: dict, variants: list[str], modes: list[bool], repeats: int, st
                 flops = compute_floor(arch, v)
                 rows.append({"width": width, "d": arch.n_embd, "layers": arch.n_layer, "batch": batch,
                              "tokens": arch.block_size, "mode": r["mode"], "variant": v, "step_ms": r["step_ms"],
-                             "step_ratio": r["step_ratio"], "floor_ratio": floor, "floor_overhead": floor - 1,
+                             "step_ratio": r["step_ratio"], "round_ratio_min": r["round_ratio_min"],
+                             "round_ratio_max": r["round_ratio_max"], "round_ms": r["round_ms"],
+                             "floor_ratio": floor, "floor_overhead": floor - 1,
                              "overhead_over_floor": (r["step_ratio"] - 1) / (floor - 1) if n > 1 else None,
                              "compute_floor_ratio": flops,
                              "overhead_over_compute_floor": (r["step_ratio"] - 1) / (flops - 1) if n > 1 else None,
@@ -387,11 +394,16 @@ def write_connections(rows: list[dict], out: Path, command: str, device, seconds
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows as CSV, floats to 4 significant digits, written atomically."""
+    """Rows as CSV, floats to 4 significant digits (a list of them joined by ';'), written atomically."""
+    def cell(v):
+        if isinstance(v, list):
+            return ";".join(f"{x:.4g}" for x in v)
+        return f"{v:.4g}" if isinstance(v, float) else v
+
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    writer.writerows({k: cell(v) for k, v in r.items()} for r in rows)
     write_atomic(path, buffer.getvalue())
 
 
@@ -453,7 +465,8 @@ def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: floa
     widths = list(dict.fromkeys(r["width"] for r in rows))
     lines = header("HC's step-time overhead against width, and its floor", command, device, seconds) + [
              "Each cell: training-step time / the baseline's in the same run and mode (medians over interleaved "
-             "repeats), then in brackets the floor: the ratio the extra bytes of the residual streams alone would "
+             "repeats), in square brackets the lowest and highest of the same ratio within one round (the variant "
+             "and the baseline timed back to back: how much one run's ratio moves), then in brackets the floor: the ratio the extra bytes of the residual streams alone would "
              "cost at the memory bandwidth measured in the same run (a copy of a tensor the size of H), i.e. "
              "1 + (bytes(n) - bytes(1)) / bandwidth / the baseline's step time, with bytes(n) = 2 layers x tokens "
              "x 5 n d x 4 (forward: read H, write H'; backward: read dH' and H, write dH) and bytes(1) = ... x 4 d "
@@ -472,7 +485,9 @@ def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: floa
             cells = []
             for w in widths:
                 r = next((r for r in sel if r["width"] == w and r["variant"] == v), None)
-                cells.append("—" if r is None else f"{r['step_ratio']:.2f}x ({r['floor_ratio']:.3f}x)" + (
+                spread = ("" if r is None or r["variant"] == "residual" or len(r["round_ms"]) < 2 else
+                          f" [{r['round_ratio_min']:.2f}-{r['round_ratio_max']:.2f}]")
+                cells.append("—" if r is None else f"{r['step_ratio']:.2f}x{spread} ({r['floor_ratio']:.3f}x)" + (
                     f", {r['overhead_over_floor']:.0f}x the floor's overhead; compute floor "
                     f"{r['compute_floor_ratio']:.3f}x, {r['overhead_over_compute_floor']:.1f}x its overhead"
                     if r["overhead_over_floor"] else ""))
@@ -495,9 +510,15 @@ def mhc_over_dhc(rows: list[dict], widths: list[str]) -> list[str]:
                  if (w, "mhc4" + tail) in pick and (w, "dhc4" + tail) in pick]
         if cells:
             out.append(f"mhc4{tail} / dhc4{tail}: " + ", ".join(
-                f"{w} {m['step_ms'] / d['step_ms']:.2f}x (compute floors {m['compute_floor_ratio'] / d['compute_floor_ratio']:.3f}x)"
-                for w, m, d in cells) + ".\n")
+                f"{w} {m['step_ms'] / d['step_ms']:.2f}x{_round_spread(m, d)} (compute floors "
+                f"{m['compute_floor_ratio'] / d['compute_floor_ratio']:.3f}x)" for w, m, d in cells) + ".\n")
     return out
+
+
+def _round_spread(a: dict, b: dict) -> str:
+    """' [lo-hi]': a's step over b's within each round of one bench run, lowest and highest ('' for one round)."""
+    ratios = [x / y for x, y in zip(a["round_ms"], b["round_ms"])]
+    return f" [{min(ratios):.2f}-{max(ratios):.2f}]" if len(ratios) > 1 else ""
 
 
 def profile(task: str, spec: dict, variants: list[str], device, out: Path, command: str, model: str = "") -> None:

@@ -120,6 +120,22 @@ def test_width_sweep_smoke(tmp_path):
     assert "| dhc4 |" in md and "compute floor" in md and "mhc4 / dhc4: d16-L2 " in md
 
 
+def test_width_sweep_gives_the_spread_of_the_ratio_over_rounds(tmp_path):
+    bench(["--sweep", "--quick", "--mode", "eager", "--variants", "dhc4", "mhc4", "--repeats", "3", "--steps", "1",
+           "--warmup", "1", "--widths", "d32", "--out", str(tmp_path)])
+    rows = {r["variant"]: r for r in _rows(tmp_path / "bench_widths.csv")}
+    base = [float(t) for t in rows["residual"]["round_ms"].split(";")]
+    assert len(base) == 3
+    for v in ("dhc4", "mhc4"):  # the spread is the per-round ratio to the baseline timed in the same round
+        ratios = [float(t) / b for t, b in zip(rows[v]["round_ms"].split(";"), base)]
+        assert float(rows[v]["round_ratio_min"]) == pytest.approx(min(ratios), rel=3e-3)
+        assert float(rows[v]["round_ratio_max"]) == pytest.approx(max(ratios), rel=3e-3)
+    md = (tmp_path / "bench_widths.md").read_text()
+    lo, hi = float(rows["dhc4"]["round_ratio_min"]), float(rows["dhc4"]["round_ratio_max"])
+    assert f"[{lo:.2f}-{hi:.2f}]" in md.split("| dhc4 |")[1].splitlines()[0]
+    assert "mhc4 / dhc4: d32 " in md and "x [" in md.split("mhc4 / dhc4: d32 ")[1][:12]
+
+
 def test_width_sweep_takes_a_subset_of_widths(tmp_path, capsys):
     bench(["--sweep", "--quick", "--mode", "eager", "--variants", "dhc4", "--repeats", "1", "--steps", "1",
            "--warmup", "1", "--widths", "d32", "--out", str(tmp_path)])
