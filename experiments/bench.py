@@ -43,6 +43,8 @@ VARIANTS = {name: HCConfig.from_name(name) for name in ("residual", "shc4", "dhc
 VARIANTS |= {f"{name}-recompute": dataclasses.replace(VARIANTS[name], recompute=True) for name in ("dhc4", "mhc4")}
 # HCConfig.fused: the C++ one-pass connections on the CPU (the same function to float rounding)
 VARIANTS |= {f"{name}-fused": dataclasses.replace(VARIANTS[name], fused=True) for name in ("shc4", "dhc4", "mhc4")}
+VARIANTS |= {f"{name}-fused-recompute": dataclasses.replace(VARIANTS[name], fused=True, recompute=True)
+             for name in ("dhc4", "mhc4")}
 TARGETS = {"shc4": 1.10, "dhc4": 1.15, "mhc4": 1.25, "dhc8": 1.35}  # training-step ratio targets this project set itself
 MODELS = {
     "lm": dict(arch=GPTConfig(vocab_size=256, block_size=256, n_layer=6, n_head=4, n_embd=256), batch=8),
