@@ -376,14 +376,17 @@ class _FusedDynamicWidth(torch.autograd.Function):
         scales = torch.cat([alpha_scale, beta_scale])
         x, R, beta = kernel.width_forward(H3, *_FusedDynamicWidth.folded(weight, bias, W), static_alpha.contiguous(),
                                           static_beta.contiguous(), scales, use_tanh, eps)
-        ctx.save_for_backward(H3, weight, bias, W, static_alpha, static_beta, scales)
+        # H as given, not its contiguous copy: the first layer's H is the embedding expanded n times (a stride-0
+        # view), whose copy would keep n times its bytes until backward
+        ctx.save_for_backward(H, weight, bias, W, static_alpha, static_beta, scales)
         ctx.kernel, ctx.use_tanh, ctx.eps, ctx.shape = kernel, use_tanh, eps, H.shape
         return x.view(*H.shape[:-2], d), R.view(H.shape), beta.view(H.shape[:-1])
 
     @staticmethod
     def backward(ctx, grad_x, grad_R, grad_beta):
-        H3, weight, bias, W, static_alpha, static_beta, scales = ctx.saved_tensors
-        n, d = H3.shape[-2:]
+        H, weight, bias, W, static_alpha, static_beta, scales = ctx.saved_tensors
+        n, d = H.shape[-2:]
+        H3 = H.reshape(-1, n, d).contiguous()
         flat = lambda g, *shape: H3.new_empty(0) if g is None else g.reshape(*shape).contiguous()  # noqa: E731
         grad_H, grad_WgT, grad_bW, grad_A, grad_B, grad_scales = ctx.kernel.width_backward(
             H3, *_FusedDynamicWidth.folded(weight, bias, W), static_alpha.contiguous(), static_beta.contiguous(),
@@ -414,14 +417,15 @@ class _FusedManifoldWidth(torch.autograd.Function):
         params = (phi.contiguous(), torch.cat([a_pre, a_post, a_res]), b_pre.contiguous(), b_post.contiguous(),
                   b_res.contiguous())
         x, R, post = kernel.mhc_width_forward(H3, *params, iters)
-        ctx.save_for_backward(H3, *params)
+        ctx.save_for_backward(H, *params)  # H as given, not its copy (see _FusedDynamicWidth)
         ctx.kernel, ctx.iters, ctx.shape = kernel, iters, H.shape
         return x.view(*H.shape[:-2], d), R.view(H.shape), post.view(H.shape[:-1])
 
     @staticmethod
     def backward(ctx, grad_x, grad_R, grad_post):
-        H3, *params = ctx.saved_tensors
-        n, d = H3.shape[-2:]
+        H, *params = ctx.saved_tensors
+        n, d = H.shape[-2:]
+        H3 = H.reshape(-1, n, d).contiguous()
         flat = lambda g, *shape: H3.new_empty(0) if g is None else g.reshape(*shape).contiguous()  # noqa: E731
         grad_H, grad_phi, grad_scalars, grad_b_pre, grad_b_post, grad_b_res = ctx.kernel.mhc_width_backward(
             H3, *params, ctx.iters, flat(grad_x, -1, d), flat(grad_R, -1, n, d), flat(grad_post, -1, n))

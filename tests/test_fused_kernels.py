@@ -103,6 +103,23 @@ def test_the_fused_mhc_width_function_passes_gradcheck(kernel):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("name", ["dhc4", "mhc4"])
+def test_the_fused_width_connections_keep_no_more_than_the_plain_path(kernel, name, recompute):
+    """Saved for backward, the whole GPT: the fused path keeps at most what the PyTorch form keeps, plus its
+    concatenated scalars (a few bytes per sub-layer). It once kept a contiguous copy of the first layer's H, the
+    embedding expanded n times (a stride-0 view), i.e. n - 1 extra copies of the embedding output."""
+    from lit_hc.analysis import saved_activation_bytes
+
+    kept = {}
+    for fused in (False, True):
+        torch.manual_seed(0)
+        hc = dataclasses.replace(HCConfig.from_name(name), fused=fused, recompute=recompute)
+        model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=4, n_head=2, n_embd=32, hc=hc))
+        kept[fused] = saved_activation_bytes(model, torch.randint(0, 64, (4, 16)))
+    assert kept[True] <= kept[False] + 2 * 4 * 3 * 4  # 2 L sub-layers x at most 3 float32 scalars
+
+
+@pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("name", ["dhc4", "shc4", "mhc4"])
 def test_a_fused_gpt_trains_like_the_plain_one(kernel, name, recompute):
     """The whole model, float64: the loss and the gradient of every parameter, with and without recomputation."""
