@@ -121,6 +121,13 @@ SAME_NUMBERS: dict[str, tuple[str, str]] = {
         "versions one after the other, are identical to the last bit (results/lm/machine-check/, 2026-12-05, a "
         "session later, second)",
     ),
+    "dd25ed7da4a7": (
+        "ce0582e48414",
+        "the fused width connections save H as given for backward, not a contiguous copy (the same values reach the "
+        "kernel both ways). The LM main grid's fused DHC x4 seed 0, made by both versions one after the other, has "
+        "the same curves and final parameters to the last bit (results/lm/machine-check/, 2026-12-05, a session "
+        "later, third)",
+    ),
 }
 
 
