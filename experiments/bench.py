@@ -205,7 +205,7 @@ def bench(task: str, spec: dict, variants: list[str], compile: bool, repeats: in
         step = statistics.median(times[v])
         # the ratio within each round (the variant and the baseline timed minutes apart at most): its spread says
         # how far one run's ratio can be trusted, which the medians alone do not
-        paired = [t / b for t, b in zip(times[v], times["residual"])]
+        paired = _round_ratios(times[v], times["residual"])
         rows.append({"model": task, "mode": "compiled" if compile else "eager", "variant": v,
                      "step_ms": 1e3 * step, "step_ratio": step / base_time,
                      "round_ratio_min": min(paired), "round_ratio_max": max(paired),
@@ -468,8 +468,8 @@ def write_sweep(rows: list[dict], out: Path, command: str, device, seconds: floa
     lines = header("HC's step-time overhead against width, and its floor", command, device, seconds) + [
              "Each cell: training-step time / the baseline's in the same run and mode (medians over interleaved "
              "repeats), in square brackets the lowest and highest of the same ratio within one round (the variant "
-             "and the baseline timed back to back: how much one run's ratio moves), then in brackets the floor: the ratio the extra bytes of the residual streams alone would "
-             "cost at the memory bandwidth measured in the same run (a copy of a tensor the size of H), i.e. "
+             "and the baseline timed back to back: how much one run's ratio moves), then in brackets the floor: the "
+             "ratio the extra bytes of the residual streams alone would cost at the memory bandwidth measured in the same run (a copy of a tensor the size of H), i.e. "
              "1 + (bytes(n) - bytes(1)) / bandwidth / the baseline's step time, with bytes(n) = 2 layers x tokens "
              "x 5 n d x 4 (forward: read H, write H'; backward: read dH' and H, write dH) and bytes(1) = ... x 4 d "
              "(`floor_bytes`). Last: measured overhead / floor overhead (1 = at the floor). Then the compute "
@@ -517,13 +517,18 @@ def mhc_over_dhc(rows: list[dict], widths: list[str]) -> list[str]:
     return out
 
 
+def _round_ratios(a: list[float], b: list[float]) -> list[float]:
+    """a's step time over b's in each interleaved round of one bench run."""
+    return [x / y for x, y in zip(a, b)]
+
+
 def _round_spread(a: dict, b: dict) -> str:
     """' [lo-hi]': a's step over b's within each round of one bench run, lowest and highest ('' for one round)."""
-    ratios = [x / y for x, y in zip(a["round_ms"], b["round_ms"])]
+    ratios = _round_ratios(a["round_ms"], b["round_ms"])
     return f" [{min(ratios):.2f}-{max(ratios):.2f}]" if len(ratios) > 1 else ""
 
 
-def profile(task: str, spec: dict, variants: list[str], device, out: Path, command: str, model: str = "") -> None:
+def profile(task: str, spec: dict, variants: list[str], device, out: Path, command: str, title: str = "") -> None:
     """Where the time of an eager training step goes: the top operators of each variant, and for each HC variant
     the operators whose time grew most over the baseline's (results/bench_profile.md)."""
     from torch.profiler import ProfilerActivity
@@ -531,7 +536,7 @@ def profile(task: str, spec: dict, variants: list[str], device, out: Path, comma
 
     arch, batch = spec["arch"], spec["batch"]
     x, y = make_batch(task, arch, batch, device)
-    lines = header(f"Where the time goes: one eager training step of the {model or task + ' bench model'}", command,
+    lines = header(f"Where the time goes: one eager training step of the {title or task + ' bench model'}", command,
                    device) + [
              "Self time per operator over 2 steps (torch.profiler, CPU); the profiler adds overhead, so compare "
              "variants with each other, not with bench.md.\n"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.bench import WIDTHS, build, code, machine
+from experiments.bench import VARIANTS, WIDTHS, build, header
 from lit_hc.io import write_atomic
 from lit_hc.optim import param_groups
 
@@ -41,23 +41,24 @@ def run(variant: str, width: str, kind: str, steps: int) -> tuple[list[torch.Ten
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["residual", "dhc4", "mhc4"])
+    parser.add_argument("--variants", nargs="+", default=["residual", "dhc4", "mhc4"], choices=list(VARIANTS))
     parser.add_argument("--width", default="d64-L16", choices=list(WIDTHS))
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", default="results/bench-optimizer")
     a = parser.parse_args(argv)
-    lines = [f"# AdamW's CPU implementations on the bench GPT {a.width}\n",
-             f"Command: `python -m experiments.optimizer_ab {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
-             f"Code: {code()}  ", f"Machine: {machine(torch.device('cpu'))}\n",
+    if a.steps < 2:
+        parser.error(f"--steps {a.steps}: at least 2 (the first fifth of them is warm-up, the rest timed)")
+    command = f"python -m experiments.optimizer_ab {' '.join(argv if argv is not None else sys.argv[1:])}"
+    lines = header(f"AdamW's CPU implementations on the bench GPT {a.width}", command.strip(), torch.device("cpu")) + [
              f"One optimizer step (median of the last {a.steps - a.steps // 5} of {a.steps}, random gradients), and "
              "whether the parameters after all steps equal the per-tensor loop's to the last bit.\n",
              "| variant | parameter tensors | implementation | ms per step | same bits as the loop | largest difference |",
              "|---|---|---|---|---|---|"]
     for variant in a.variants:
         reference = None
-        for kind in KINDS:
+        for kind in KINDS:  # the per-tensor loop first: the reference
             params, ms, count = run(variant, a.width, kind, a.steps)
-            reference = reference or params
+            reference = params if reference is None else reference
             diff = max((x - y).abs().max().item() for x, y in zip(reference, params))
             same = all(torch.equal(x, y) for x, y in zip(reference, params))
             lines.append(f"| {variant} | {count} | {kind} | {ms:.2f} | {'yes' if same else 'no'} | {diff:.1e} |")

@@ -195,3 +195,12 @@ def test_optimizer_ab_times_adamws_implementations_and_checks_their_bits(tmp_pat
     assert [r[2] for r in rows] == ["per-tensor loop", "foreach", "fused"]
     assert rows[0][4:] == ["yes", "0.0e+00"] and rows[1][4] == "yes"  # what `lit-hc fit` relies on
     assert all(float(r[3]) > 0 and int(r[1]) == int(rows[0][1]) for r in rows)
+
+
+def test_optimizer_ab_refuses_bad_input_in_one_line(capsys):
+    from experiments.optimizer_ab import main as optimizer_ab
+
+    for args, message in ((["--variants", "dhc3"], "invalid choice: 'dhc3'"), (["--steps", "1"], "--steps 1: at least 2")):
+        with pytest.raises(SystemExit):
+            optimizer_ab(args)
+        assert message in capsys.readouterr().err
